@@ -1,0 +1,76 @@
+"""Accuracy against the native model and labels, latency statistics, and the accuracy budget check."""
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.recipe import Budget, OutputSpec
+
+ARGMAX_KINDS = ("logits", "probabilities")
+
+
+def latency_stats(times_ms: list[float]) -> dict:
+    a = np.asarray(times_ms, dtype=np.float64)
+    if a.size == 0:
+        return {}
+    q1, med, q3, p90 = np.percentile(a, [25, 50, 75, 90])
+    return {"median": float(med), "p90": float(p90), "iqr": float(q3 - q1), "min": float(a.min()),
+            "mean": float(a.mean()), "n": int(a.size)}
+
+
+def compare(outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray], specs: list[OutputSpec],
+            labels: np.ndarray | None) -> dict:
+    """Agreement of `outputs` with the native `reference` (same samples, same order)."""
+    m: dict = {"samples": int(len(next(iter(reference.values()))))}
+    max_abs, mean_abs = 0.0, []
+    for spec in specs:
+        if spec.name not in outputs:
+            raise ValueError(f"output {spec.name!r} missing (got {sorted(outputs)})")
+        got = np.asarray(outputs[spec.name], dtype=np.float64)
+        ref = np.asarray(reference[spec.name], dtype=np.float64)
+        if got.shape != ref.shape:
+            raise ValueError(f"output {spec.name!r} has shape {got.shape}, native has {ref.shape}")
+        if not np.all(np.isfinite(got)):
+            m["non_finite"] = True
+            max_abs = float("inf")
+        else:
+            d = np.abs(got - ref)
+            max_abs = max(max_abs, float(d.max()))
+            mean_abs.append(float(d.mean()))
+        if spec.kind in ARGMAX_KINDS:
+            pred, ref_pred = got.reshape(len(got), -1).argmax(1), ref.reshape(len(ref), -1).argmax(1)
+            m["top1_agreement"] = float((pred == ref_pred).mean())
+            if labels is not None:
+                m["label_accuracy"] = float((pred == labels).mean())
+                m["native_label_accuracy"] = float((ref_pred == labels).mean())
+                m["accuracy_drop"] = m["native_label_accuracy"] - m["label_accuracy"]
+        if spec.kind == "embedding":
+            g, r = got.reshape(len(got), -1), ref.reshape(len(ref), -1)
+            cos = (g * r).sum(1) / (np.linalg.norm(g, axis=1) * np.linalg.norm(r, axis=1) + 1e-12)
+            m["min_cosine"] = float(cos.min())
+    m["max_abs_error"] = max_abs
+    m["mean_abs_error"] = float(np.mean(mean_abs)) if mean_abs else float("inf")
+    return m
+
+
+def budget_violations(acc: dict, budget: Budget) -> list[str]:
+    """Why `acc` is outside the budget; empty when inside. A bound that cannot be checked is a violation."""
+    out = []
+    if acc.get("non_finite"):
+        out.append("outputs contain NaN/Inf")
+    if budget.min_top1_agreement is not None:
+        v = acc.get("top1_agreement")
+        if v is None:
+            out.append("top-1 agreement not measurable (no logits output)")
+        elif v < budget.min_top1_agreement:
+            out.append(f"top-1 agreement {v:.4f} < {budget.min_top1_agreement}")
+    if budget.max_accuracy_drop is not None:
+        v = acc.get("accuracy_drop")
+        if v is None:
+            out.append("labelled accuracy not measurable (no labels or no logits output)")
+        elif v > budget.max_accuracy_drop:
+            out.append(f"labelled accuracy drop {v * 100:.2f} points > {budget.max_accuracy_drop * 100:.2f}")
+    if budget.max_abs_error is not None:
+        v = acc.get("max_abs_error", float("inf"))
+        if not v <= budget.max_abs_error:
+            out.append(f"max abs error {v:.3g} > {budget.max_abs_error:.3g}")
+    return out

@@ -1,0 +1,294 @@
+"""Recipe schema: one YAML file per model says where it comes from, what it eats, how it is judged and what to build.
+
+Validation happens before any work. Every error names the recipe file and the field, e.g.
+``recipes/mobilenet_v2.yaml: budget.min_top1_agreement: Input should be less than or equal to 1``.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.targets import TARGETS
+
+CALLABLE_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+NAME_RE = r"^[a-z0-9][a-z0-9_.-]*$"
+
+
+class RecipeError(Exception):
+    """A recipe is unusable. The message names the file, the field (or stage) and the cause."""
+
+
+class _Strict(BaseModel):
+    # Unknown keys are typos more often than not: reject them instead of ignoring them.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CallableRef(_Strict):
+    """``module.path:function`` plus keyword arguments."""
+
+    function: str
+    args: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("function")
+    @classmethod
+    def _format(cls, v: str) -> str:
+        if not CALLABLE_RE.match(v):
+            raise ValueError(f"expected 'package.module:function', got {v!r}")
+        return v
+
+    def resolve(self):
+        mod_name, attr = self.function.split(":")
+        try:
+            mod = importlib.import_module(mod_name)
+        except ImportError as e:
+            raise RecipeError(f"cannot import module {mod_name!r} ({e})") from None
+        fn = getattr(mod, attr, None)
+        if not callable(fn):
+            raise RecipeError(f"{mod_name!r} has no callable {attr!r}")
+        return fn
+
+    def call(self, **extra):
+        return self.resolve()(**{**self.args, **extra})
+
+
+class PackageFile(_Strict):
+    """A file shipped inside an installed Python distribution (weights, ONNX files)."""
+
+    package: str
+    path: str
+
+
+class FileRef(_Strict):
+    """Exactly one of: a path (relative to the recipe's folder), a file inside a package, or a trainer."""
+
+    file: str | None = None
+    package_file: PackageFile | None = None
+
+    @model_validator(mode="after")
+    def _one(self):
+        if (self.file is None) == (self.package_file is None):
+            raise ValueError("give exactly one of 'file' or 'package_file'")
+        return self
+
+
+class Weights(FileRef):
+    # A trainer is called as trainer(out_path=..., **args) and must write a state dict there.
+    trainer: CallableRef | None = None
+
+    @model_validator(mode="after")
+    def _one(self):
+        given = [x for x in (self.file, self.package_file, self.trainer) if x is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'file', 'package_file' or 'trainer'")
+        return self
+
+
+class PytorchSource(_Strict):
+    kind: Literal["pytorch"]
+    module: CallableRef  # returns an nn.Module without weights
+    weights: Weights
+    opset: int = Field(17, ge=13, le=21)
+
+
+class OnnxSource(FileRef):
+    kind: Literal["onnx"]
+
+
+Source = Annotated[Union[PytorchSource, OnnxSource], Field(discriminator="kind")]
+
+
+class InputSpec(_Strict):
+    name: str
+    # Per-sample shape as exported; strings name dynamic axes (e.g. "batch").
+    shape: list[int | str] = Field(min_length=1)
+    dtype: Literal["float32", "int32", "int64"] = "float32"
+    layout: Literal["NCHW", "NHWC", "NC", "NT", "other"] = "other"
+    # What the data loader did to raw data; copied to the registry manifest so a web app can do the same.
+    preprocessing: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("shape")
+    @classmethod
+    def _dims(cls, v):
+        for d in v:
+            if isinstance(d, int) and d <= 0:
+                raise ValueError(f"static dimensions must be positive, got {d}")
+        return v
+
+    @property
+    def dynamic_axes(self) -> dict[int, str]:
+        return {i: d for i, d in enumerate(self.shape) if isinstance(d, str)}
+
+
+class OutputSpec(_Strict):
+    name: str
+    # logits: argmax is the prediction (top-1 agreement and labelled accuracy apply)
+    kind: Literal["logits", "probabilities", "embedding", "raw"] = "raw"
+
+
+class DataSpec(_Strict):
+    eval: CallableRef  # returns model_sources.datasets.EvalSet
+    calibration: CallableRef | None = None  # needed by int8_qdq; defaults to the eval data
+    eval_batch: int = Field(1, ge=1, le=4096)
+
+
+class Budget(_Strict):
+    """Accuracy budget against the native model. At least one bound."""
+
+    min_top1_agreement: float | None = Field(None, ge=0, le=1)
+    max_accuracy_drop: float | None = Field(None, ge=0, le=1)  # labelled accuracy, fraction (0.01 = 1 point)
+    max_abs_error: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _some(self):
+        if all(v is None for v in (self.min_top1_agreement, self.max_accuracy_drop, self.max_abs_error)):
+            raise ValueError("set at least one of min_top1_agreement, max_accuracy_drop, max_abs_error")
+        return self
+
+
+class BackendMeasure(_Strict):
+    warmup: int = Field(3, ge=0)
+    runs: int = Field(20, ge=1)
+    threads: int = Field(1, ge=1, le=16)
+    timeout_s: float = Field(600, gt=0)
+
+
+def _default_measure() -> dict[str, BackendMeasure]:
+    # Software WebGPU here is 700-2200x slower than native (TOOLCHAIN.md): few runs, correctness first.
+    return {"wasm": BackendMeasure(), "webgpu": BackendMeasure(warmup=1, runs=3, timeout_s=1200),
+            "webgl": BackendMeasure(warmup=1, runs=5)}
+
+
+class Selection(_Strict):
+    # Medians within this relative distance count as a tie, broken by the smaller download.
+    tie_tolerance: float = Field(0.02, ge=0, le=0.5)
+
+
+class Recipe(_Strict):
+    name: str = Field(pattern=NAME_RE)
+    version: str = Field(pattern=NAME_RE)
+    description: str = ""
+    source: Source
+    inputs: list[InputSpec] = Field(min_length=1)
+    outputs: list[OutputSpec] = Field(min_length=1)
+    data: DataSpec
+    budget: Budget
+    targets: list[str] = Field(min_length=1)
+    variants: list[str] | None = None  # None: every variant of every family
+    measure: dict[str, BackendMeasure] = Field(default_factory=_default_measure)
+    selection: Selection = Selection()
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, v):
+        unknown = [t for t in v if t not in TARGETS]
+        if unknown:
+            raise ValueError(f"unknown target(s) {unknown}; known: {sorted(TARGETS)}")
+        if len(set(v)) != len(v):
+            raise ValueError("targets repeat")
+        return v
+
+    @field_validator("variants")
+    @classmethod
+    def _variants(cls, v):
+        if v is None:
+            return v
+        from pipeline.families import all_variants
+
+        known = all_variants()
+        unknown = [x for x in v if x not in known]
+        if unknown:
+            raise ValueError(f"unknown variant(s) {unknown}; known: {sorted(known)}")
+        return v
+
+    @field_validator("measure", mode="before")
+    @classmethod
+    def _measure(cls, v):
+        merged = {k: b.model_dump() for k, b in _default_measure().items()}
+        for k, b in (v or {}).items():
+            merged[k] = {**merged.get(k, {}), **(b or {})}
+        return merged
+
+    # Filled in by load_recipe: where the recipe lives, so relative paths resolve against it.
+    path: Path | None = Field(None, exclude=True)
+
+    def fingerprint(self, *parts: str) -> str:
+        """Stable hash of selected top-level fields (cache keys)."""
+        dump = self.model_dump(mode="json")
+        chosen = {p: dump[p] for p in parts} if parts else dump
+        return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()
+
+    def resolve_file(self, ref: FileRef) -> Path:
+        """Locate a FileRef; RecipeError if missing."""
+        if ref.package_file is not None:
+            from model_sources.packages import package_file
+
+            try:
+                return package_file(ref.package_file.package, ref.package_file.path)
+            except (FileNotFoundError, ModuleNotFoundError, ImportError) as e:
+                raise RecipeError(str(e)) from None
+        p = Path(ref.file)
+        if not p.is_absolute() and self.path is not None:
+            p = self.path.parent / p
+        if not p.is_file():
+            raise RecipeError(f"file not found: {p}")
+        return p
+
+
+def _format_validation(path: Path, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"] if not str(x).startswith("function-after"))
+        # Discriminated unions put the tag in the location; it helps more than it confuses.
+        lines.append(f"{path}: {loc or '<top>'}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise RecipeError(f"{path}: cannot read recipe ({e.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise RecipeError(f"{path}: malformed YAML{where}: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as e:
+        raise RecipeError(_format_validation(path, e)) from None
+    return recipe.model_copy(update={"path": path.resolve()})
+
+
+def load_recipes(directory: str | Path) -> list[Recipe]:
+    """Validate every recipe in a folder; report all bad ones at once, and duplicate name/version pairs."""
+    directory = Path(directory)
+    files = sorted(list(directory.glob("*.yaml")) + list(directory.glob("*.yml")))
+    if not files:
+        raise RecipeError(f"{directory}: no recipes (*.yaml) found")
+    recipes, errors, seen = [], [], {}
+    for f in files:
+        try:
+            r = load_recipe(f)
+        except RecipeError as e:
+            errors.append(str(e))
+            continue
+        key = (r.name, r.version)
+        if key in seen:
+            errors.append(f"{f}: name/version {r.name} {r.version} already used by {seen[key]}")
+        seen[key] = f
+        recipes.append(r)
+    if errors:
+        raise RecipeError("\n".join(errors))
+    return recipes
