@@ -71,11 +71,16 @@ class RecipeTask(luigi.Task):
         """What this task's own result depends on, besides its inputs' keys."""
         return None
 
-    @functools.cached_property
+    @property
     def key(self) -> str:
-        deps = [t.key for t in luigi.task.flatten(self.requires())]
-        blob = json.dumps([CACHE_EPOCH, type(self).__name__, self.fingerprint(), deps], sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        # Luigi reuses task instances with equal parameters, so the key is memoised per recipe version only.
+        stamp = Path(self.recipe_path).stat().st_mtime_ns
+        if getattr(self, "_key", (None, None))[0] != stamp:
+            deps = [t.key for t in luigi.task.flatten(self.requires())]
+            blob = json.dumps([CACHE_EPOCH, type(self).__name__, self.fingerprint(), deps], sort_keys=True,
+                              default=str)
+            self._key = (stamp, hashlib.sha256(blob.encode()).hexdigest()[:16])
+        return self._key[1]
 
     def folder_name(self) -> str:
         return type(self).__name__
@@ -394,14 +399,14 @@ class BrowserMeasure(RecipeTask):
 
     def fingerprint(self):
         return {"backend": self.backend, "measure": self.recipe.measure[self.backend].model_dump(),
-                "eval_batch": self.recipe.data.eval_batch, "budget": self.recipe.budget.model_dump()}
+                "eval_batch": self.recipe.data.eval_batch}
 
     def folder_name(self):
         return f"Browser-{self.variant}-{self.backend}"
 
     def work(self, out: Path) -> dict:
         from browser_validate.harness import MeasureRequest, measure
-        from pipeline.metrics import budget_violations, compare, latency_stats
+        from pipeline.metrics import compare, latency_stats
 
         r, spec = self.recipe, variant_spec(self.variant)
         m = r.measure[self.backend]
@@ -421,8 +426,7 @@ class BrowserMeasure(RecipeTask):
             raise StageFailed("browser", res.error or "failed", retry=retry)
         np.savez(out / "outputs.npz", **res.outputs)
         acc = compare(res.outputs, self.requires()["reference"].load(), r.outputs, labels)
-        return {**record, "accuracy": acc, "budget_violations": budget_violations(acc, r.budget),
-                "latency": latency_stats(res.latency_ms),
+        return {**record, "accuracy": acc, "latency": latency_stats(res.latency_ms),
                 "cold_start_ms": res.download_ms + res.session_ms + res.first_inference_ms}
 
 
@@ -471,7 +475,7 @@ class SelectAndPublish(RecipeTask):
         _WRITTEN_HERE.add(self.output().path)
 
     def select_and_publish(self) -> dict:
-        from pipeline.metrics import latency_stats
+        from pipeline.metrics import budget_violations
         from pipeline.registry import publish
         from pipeline.report import candidate_rows
         from pipeline.select import Candidate, select
@@ -493,7 +497,7 @@ class SelectAndPublish(RecipeTask):
             if res["status"] == "ok":
                 c.median_ms = res["latency"]["median"]
                 c.download_bytes = res["download_bytes"]
-                c.reasons = list(res["budget_violations"])
+                c.reasons = budget_violations(res["accuracy"], r.budget)
             else:
                 c.reasons = [f"{res.get('stage')}: {res.get('error')}"]
             candidates.append(c)
@@ -548,7 +552,7 @@ class BuildAll(luigi.Task):
     recipes_dir = luigi.Parameter(default="recipes")
     artifacts_dir = luigi.Parameter(default="artifacts")
 
-    @functools.cached_property
+    @property
     def recipe_files(self) -> list[str]:
         try:
             recipes = load_recipes(self.recipes_dir)
