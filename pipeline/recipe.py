@@ -94,7 +94,7 @@ class PytorchSource(_Strict):
     kind: Literal["pytorch"]
     module: CallableRef  # returns an nn.Module without weights
     weights: Weights
-    opset: int = Field(17, ge=13, le=21)
+    opset: int = Field(18, ge=18, le=21)  # the dynamo exporter emits opset 18+
 
 
 class OnnxSource(FileRef):

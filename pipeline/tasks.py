@@ -344,7 +344,12 @@ class BuildVariant(RecipeTask):
         onnx_task = self.requires()["onnx"]
         inputs = BuildInputs(canonical_onnx=onnx_task.out_dir / "model.onnx", calibration=calib,
                              calibration_batch=self.recipe.data.eval_batch, recipe=self.recipe)
-        files = spec.build(inputs, out)
+        try:
+            files = spec.build(inputs, out)
+        except Exception as e:
+            if type(e).__name__ == "NotApplicable":  # e.g. 4-bit MatMul on a model without MatMul: not a failure
+                raise StageFailed("convert", str(e), status="unsupported") from None
+            raise
         return {"variant": self.variant, "family": spec.family, "runtime": spec.runtime,
                 "files": [f.name for f in files], "bytes": sum(f.stat().st_size for f in files)}
 
