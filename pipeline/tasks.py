@@ -88,7 +88,7 @@ class RecipeTask(luigi.Task):
     @property
     def out_dir(self) -> Path:
         r = self.recipe
-        return Path(self.artifacts_dir) / "build" / r.name / r.version / f"{self.folder_name()}-{self.key}"
+        return Path(self.artifacts_dir).resolve() / "build" / r.name / r.version / f"{self.folder_name()}-{self.key}"
 
     def output(self):
         return luigi.LocalTarget(str(self.out_dir / "result.json"))
@@ -125,7 +125,8 @@ class RecipeTask(luigi.Task):
                 res = {"status": "failed", "stage": self.stage, "error": _short(e), "retry": False,
                        "traceback": traceback.format_exc(limit=8)}
             if res["status"] != "ok":
-                log.warning("%s %s: %s failed: %s", self.recipe.name, self.folder_name(), res["stage"], res["error"])
+                log.warning("%s %s: %s at stage %s: %s", self.recipe.name, self.folder_name(), res["status"],
+                            res["stage"], res["error"])
             res.update(recipe=str(self.recipe_path), task=self.folder_name(), key=self.key,
                        seconds=round(time.time() - started, 3))
             write_json_atomic(tmp / "result.json", res)
@@ -252,7 +253,7 @@ class CanonicalOnnx(RecipeTask):
             conv.export_pytorch(model, example, dst, output_names=[o.name for o in r.outputs],
                                 dynamic_axes=dyn or None, opset=r.source.opset)
         else:
-            conv.check_and_infer(src_file, dst)
+            conv.check_and_infer(src_file, dst, input_shapes={i.name: i.shape for i in r.inputs})
         import onnx
 
         m = onnx.load(str(dst), load_external_data=False)

@@ -451,9 +451,24 @@ def _normalize_io(model: onnx.ModelProto, input_names, output_names, dynamic_axe
 
 
 @_step("check_and_infer")
-def check_and_infer(src: Path, dst: Path) -> None:
-    """For ONNX-file sources: load, onnx.checker, shape inference, save (single file when < 2 GB)."""
+def check_and_infer(src: Path, dst: Path, *, input_shapes: dict[str, list[int | str]] | None = None) -> None:
+    """For ONNX-file sources: load, onnx.checker, shape inference, save (single file when < 2 GB).
+
+    `input_shapes` (from the recipe) replace the file's declared input shapes: old exporters write -1 or '?'
+    for dimensions that are really a named batch axis or fixed, which quantizers and browsers handle badly."""
     model = _load(src, "check_and_infer")
+    for inp in model.graph.input:
+        if input_shapes and inp.name in input_shapes:
+            dims = inp.type.tensor_type.shape.dim
+            want = input_shapes[inp.name]
+            if len(dims) != len(want):
+                raise ConversionError(f"check_and_infer: input {inp.name!r} of {src} has rank {len(dims)}, "
+                                      f"recipe shape {want} has rank {len(want)}")
+            for d, w in zip(dims, want):
+                if isinstance(w, str):
+                    d.dim_param = w
+                else:
+                    d.dim_value = w
     try:
         onnx.checker.check_model(model if _model_bytes(model) < _EXTERNAL_DATA_THRESHOLD else str(src))
     except Exception as e:  # noqa: BLE001

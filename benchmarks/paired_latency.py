@@ -1,0 +1,72 @@
+"""Paired native vs browser latency for the demo models.
+
+Runs BuildAll on the demo recipes (a no-op when the build is cached), then tabulates, for every variant and
+backend, the native onnxruntime latency (Python, CPU, 1 thread) and the in-browser latency measured in the same
+build, with their spread (IQR), the browser/native ratio, cold start and download size.
+Writes benchmarks/results/paired_latency.md (committed) and prints it.
+
+    .venv/bin/python benchmarks/paired_latency.py [--artifacts artifacts] [--recipes recipes]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fmt(v, nd=3):
+    return "–" if v is None else f"{v:.{nd}g}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--artifacts", default=str(ROOT / "artifacts"))
+    ap.add_argument("--recipes", default=str(ROOT / "recipes"))
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "paired_latency.md"))
+    ap.add_argument("--no-build", action="store_true", help="tabulate the existing registry only")
+    a = ap.parse_args()
+    if not a.no_build:
+        subprocess.run([sys.executable, "-m", "luigi", "--module", "pipeline", "BuildAll", "--local-scheduler",
+                        "--recipes-dir", a.recipes, "--artifacts-dir", a.artifacts], cwd=ROOT, check=True)
+    index = json.loads((Path(a.artifacts) / "registry" / "index.json").read_text())
+    chromium = subprocess.run(["chromium", "--version"], capture_output=True, text=True).stdout.strip()
+    lines = [
+        "# Paired native vs browser latency (demo models)",
+        "",
+        f"Measured {datetime.now(timezone.utc):%Y-%m-%d} on {platform.machine()}, {platform.python_version()}, "
+        f"{chromium}; `nproc`=2, no GPU (WebGPU is SwiftShader, a software adapter: use for correctness, "
+        "not speed). Native = onnxruntime CPU, 1 thread; browser = onnxruntime-web in headless Chromium, "
+        "wasm with 1 thread. Both measured in the same build. Median (IQR) in ms; batch 1.",
+        "",
+        "| model | variant | backend | native median (IQR) | browser median (IQR) | browser/native | cold start ms |"
+        " download KB | top-1 agree | status |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for model, versions in sorted(index["models"].items()):
+        for version, entry in versions.items():
+            report = json.loads((Path(a.artifacts) / "registry" / entry["report"]).read_text())
+            chosen = {(t["variant"], t["backend"]) for t in entry["targets"].values() if t["status"] == "chosen"}
+            for r in sorted(report["candidates"], key=lambda r: (r["backend"], r["variant"])):
+                nat = (report["native"].get(r["variant"]) or {}).get("latency_ms") or {}
+                status = ("**chosen**" if (r["variant"], r["backend"]) in chosen else
+                          ("ok" if r["eligible"] else "; ".join(r["reasons"])[:80]))
+                lines.append(
+                    f"| {model} | {r['variant']} | {r['backend']} | {fmt(nat.get('median'))} ({fmt(nat.get('iqr'), 2)})"
+                    f" | {fmt(r['median_ms'])} ({fmt(r['iqr_ms'], 2)}) | {fmt(r['slowdown_vs_native'])}"
+                    f" | {fmt(r['cold_start_ms'], 4)} | {fmt((r['download_bytes'] or 0) / 1024 if r['download_bytes'] else None)}"
+                    f" | {fmt(r['top1_agreement'])} | {status} |")
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

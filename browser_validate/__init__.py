@@ -1,0 +1,1 @@
+"""Measure browser model variants in headless Chromium (see harness.measure)."""
