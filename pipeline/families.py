@@ -1,7 +1,8 @@
 """Conversion families and the variants they offer, described the same way for every family.
 
 Adding a family (TF.js, TVM, ...) is adding a module under pipeline/convert/ that exposes ``variants()`` returning
-``VariantSpec``s, and one line in ``_FAMILY_MODULES``.
+``VariantSpec``s (and optionally ``prerequisites()`` returning shared intermediates), and one line in
+``_FAMILY_MODULES``.
 """
 from __future__ import annotations
 
@@ -15,12 +16,26 @@ import numpy as np
 
 @dataclass
 class BuildInputs:
-    """What a variant build may read. Families use the fields they need."""
+    """What a variant (or prerequisite) build may read. Families use the fields they need."""
 
     canonical_onnx: Path
     calibration: dict[str, np.ndarray] | None = None
     calibration_batch: int = 1
-    recipe: Any = None
+    recipe: Any = None                  # pipeline.recipe.Recipe
+    source_file: Path | None = None     # the recipe's source weights / model file (e.g. a .keras file)
+    prerequisites: dict[str, Path] = field(default_factory=dict)  # name -> folder that prerequisite wrote
+    cache_dir: Path | None = None       # artifacts/cache: for results shared across recipes (e.g. a runtime build)
+
+
+@dataclass(frozen=True)
+class Prerequisite:
+    """A per-recipe intermediate several variants share (e.g. a TF SavedModel), built once by its own task.
+    `build(inputs, out_dir)` writes into out_dir and returns JSON-able info; `fingerprint()` adds whatever
+    besides the canonical model its result depends on (e.g. a toolchain version)."""
+
+    name: str
+    build: Callable[[BuildInputs, Path], dict]
+    fingerprint: Callable[[], object] = lambda: None
 
 
 @dataclass(frozen=True)
@@ -34,9 +49,18 @@ class VariantSpec:
     required_features: dict[str, tuple[str, ...]] = field(default_factory=dict)
     description: str = ""
     native: str | None = "ort"  # how to run it natively for paired latency (None: no native runner)
+    prerequisites: tuple[str, ...] = ()  # names of Prerequisites whose folders the build reads
 
 
 _FAMILY_MODULES = ["pipeline.convert.onnx_family"]
+
+
+def all_prerequisites() -> dict[str, Prerequisite]:
+    out: dict[str, Prerequisite] = {}
+    for mod_name in _FAMILY_MODULES:
+        for p in getattr(importlib.import_module(mod_name), "prerequisites", lambda: [])():
+            out[p.name] = p
+    return out
 
 
 def all_variants() -> dict[str, VariantSpec]:

@@ -26,7 +26,7 @@ from pipeline.recipe import Recipe, RecipeError, load_recipe, load_recipes
 
 log = logging.getLogger("luigi-interface")
 
-CACHE_EPOCH = "1"  # bump to invalidate every cached result after a change of measuring method
+CACHE_EPOCH = "2"  # bump to invalidate every cached result after a change of our own converting/measuring code
 _WRITTEN_HERE: set[str] = set()  # results this process wrote: complete even when they are retryable failures
 NATIVE_RUNS = 30
 
@@ -39,6 +39,35 @@ def _content_hash(path: str, size: int, mtime_ns: int) -> str:
 def content_hash(path: Path) -> str:
     st = path.stat()
     return _content_hash(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=None)
+def python_toolchain() -> dict[str, str]:
+    """Versions that shape conversions and native runs: a changed pin reruns what depends on it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("torch", "onnx", "onnxruntime", "onnxsim", "onnxconverter-common", "onnxscript"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def browser_toolchain() -> dict[str, str]:
+    """The browser and the npm lockfile: measurements depend on both."""
+    import shutil
+    import subprocess
+
+    lock = Path(__file__).resolve().parents[1] / "browser_validate" / "package-lock.json"
+    exe = os.environ.get("BROWSER_VALIDATE_CHROMIUM") or shutil.which("chromium") or ""
+    try:
+        chromium = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        chromium = "unknown"
+    return {"chromium": chromium, "npm_lock": content_hash(lock) if lock.exists() else None}
 
 
 @functools.lru_cache(maxsize=None)
@@ -234,7 +263,7 @@ class CanonicalOnnx(RecipeTask):
         r = self.recipe
         return {"inputs": [i.model_dump(mode="json") for i in r.inputs],
                 "outputs": [o.model_dump(mode="json") for o in r.outputs],
-                "opset": getattr(r.source, "opset", None)}
+                "opset": getattr(r.source, "opset", None), "toolchain": python_toolchain()}
 
     def work(self, out: Path) -> dict:
         from pipeline.convert import onnx as conv
@@ -320,31 +349,68 @@ def recipe_variants(recipe: Recipe) -> list[str]:
     return [n for n in names if set(specs[n].backends) & set(recipe.targets)]
 
 
+def build_inputs(task: RecipeTask, **extra) -> "BuildInputs":
+    from pipeline.families import BuildInputs
+
+    deps = task.requires()
+    return BuildInputs(canonical_onnx=deps["onnx"].out_dir / "model.onnx", recipe=task.recipe,
+                       source_file=deps["source"].file(), calibration_batch=task.recipe.data.eval_batch,
+                       cache_dir=Path(task.artifacts_dir).resolve() / "cache", **extra)
+
+
+class Prerequisite(RecipeTask):
+    """A per-recipe intermediate shared by several variants of a family (e.g. a TF SavedModel)."""
+
+    name = luigi.Parameter()
+    stage = "prerequisite"
+
+    def requires(self):
+        return {"onnx": CanonicalOnnx(self.recipe_path, self.artifacts_dir),
+                "source": SourceModel(self.recipe_path, self.artifacts_dir)}
+
+    def fingerprint(self):
+        from pipeline.families import all_prerequisites
+
+        return {"name": self.name, "extra": all_prerequisites()[self.name].fingerprint(),
+                "toolchain": python_toolchain()}
+
+    def folder_name(self):
+        return f"Prerequisite-{self.name}"
+
+    def work(self, out: Path) -> dict:
+        from pipeline.families import all_prerequisites
+
+        self.stage = f"prerequisite {self.name}"
+        return {"info": all_prerequisites()[self.name].build(build_inputs(self), out)}
+
+
 class BuildVariant(RecipeTask):
     variant = luigi.Parameter()
     stage = "convert"
 
     def requires(self):
-        deps = {"onnx": CanonicalOnnx(self.recipe_path, self.artifacts_dir)}
-        if variant_spec(self.variant).needs_calibration:
+        spec = variant_spec(self.variant)
+        deps = {"onnx": CanonicalOnnx(self.recipe_path, self.artifacts_dir),
+                "source": SourceModel(self.recipe_path, self.artifacts_dir)}
+        if spec.needs_calibration:
             deps["calibration"] = EvalData(self.recipe_path, self.artifacts_dir, purpose="calibration")
+        for name in spec.prerequisites:
+            deps[f"prerequisite:{name}"] = Prerequisite(self.recipe_path, self.artifacts_dir, name=name)
         return deps
 
     def fingerprint(self):
         spec = variant_spec(self.variant)
-        return {"variant": self.variant, "family": spec.family, "calibration_batch": self.recipe.data.eval_batch}
+        return {"variant": self.variant, "family": spec.family, "calibration_batch": self.recipe.data.eval_batch,
+                "toolchain": python_toolchain()}
 
     def folder_name(self):
         return f"Variant-{self.variant}"
 
     def work(self, out: Path) -> dict:
-        from pipeline.families import BuildInputs
-
-        spec = variant_spec(self.variant)
-        calib = self.requires()["calibration"].load()[0] if "calibration" in self.requires() else None
-        onnx_task = self.requires()["onnx"]
-        inputs = BuildInputs(canonical_onnx=onnx_task.out_dir / "model.onnx", calibration=calib,
-                             calibration_batch=self.recipe.data.eval_batch, recipe=self.recipe)
+        spec, deps = variant_spec(self.variant), self.requires()
+        calib = deps["calibration"].load()[0] if "calibration" in deps else None
+        prereq = {k.split(":", 1)[1]: t.out_dir for k, t in deps.items() if k.startswith("prerequisite:")}
+        inputs = build_inputs(self, calibration=calib, prerequisites=prereq)
         try:
             files = spec.build(inputs, out)
         except Exception as e:
@@ -371,7 +437,7 @@ class NativeRun(RecipeTask):
                 "reference": NativeReference(self.recipe_path, self.artifacts_dir)}
 
     def fingerprint(self):
-        return {"runs": NATIVE_RUNS, "threads": 1}
+        return {"runs": NATIVE_RUNS, "threads": 1, "toolchain": python_toolchain()}
 
     def folder_name(self):
         return f"Native-{self.variant}"
@@ -405,7 +471,7 @@ class BrowserMeasure(RecipeTask):
 
     def fingerprint(self):
         return {"backend": self.backend, "measure": self.recipe.measure[self.backend].model_dump(),
-                "eval_batch": self.recipe.data.eval_batch}
+                "eval_batch": self.recipe.data.eval_batch, "browser": browser_toolchain()}
 
     def folder_name(self):
         return f"Browser-{self.variant}-{self.backend}"

@@ -720,6 +720,18 @@ def _int4_candidates(model: onnx.ModelProto) -> tuple[int, int]:
     return n_mm, n_gemm
 
 
+def _import_matmul_nbits():
+    """onnxruntime's matmul_nbits_quantizer calls logging.basicConfig() at import, which adds a root handler and
+    makes every Luigi log line print twice: import it with the root logger's handlers and level restored."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    from onnxruntime.quantization import matmul_nbits_quantizer
+
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    return matmul_nbits_quantizer
+
+
 @_step("int4_matmul")
 def int4_matmul(src: Path, dst: Path, *, block_size: int = 32, is_symmetric: bool = True) -> None:
     """4-bit weight-only quantization: MatMul with a constant 2-D weight -> com.microsoft MatMulNBits.
@@ -727,7 +739,7 @@ def int4_matmul(src: Path, dst: Path, *, block_size: int = 32, is_symmetric: boo
     onnxruntime's MatMulNBitsQuantizer handles MatMul only (and Gather, not used here): Gemm is left in float,
     so a model whose only matrix products are Gemm/Conv raises :class:`NotApplicable`.
     """
-    from onnxruntime.quantization import matmul_nbits_quantizer as mnb
+    mnb = _import_matmul_nbits()
 
     if block_size < 16 or block_size & (block_size - 1):
         raise ConversionError(f"int4_matmul: block_size must be a power of two >= 16, got {block_size}")

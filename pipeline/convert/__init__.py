@@ -1,0 +1,1 @@
+"""Model conversion steps (plain functions; orchestration lives elsewhere)."""
