@@ -860,7 +860,8 @@ VARIANTS: dict[str, OnnxVariant] = {
             backends=("wasm", "webgpu"),
             description=(
                 "Dynamic int8 (onnxruntime quantize_dynamic after quant_pre_process): MatMulInteger/ConvInteger + "
-                "DynamicQuantizeLinear. wasm only (WebGPU/WebGL have no DynamicQuantizeLinear); ConvInteger is slow."
+                "DynamicQuantizeLinear. WebGPU/WebGL have no DynamicQuantizeLinear (ORT-web runs those nodes on its CPU "
+                "kernels); ConvInteger is slow natively and in wasm."
             ),
             base="canonical",
         ),
@@ -873,7 +874,8 @@ VARIANTS: dict[str, OnnxVariant] = {
             description=(
                 "Static int8, QDQ format (QuantizeLinear/DequantizeLinear around Conv/MatMul/Gemm), per-channel "
                 "int8 weights, uint8 activations, MinMax calibration. Starts from the simplified model (fewer "
-                "tensors to quantize). wasm only: QDQ on ORT-web WebGPU gave wrong values without an error."
+                "tensors to quantize). QDQ on ORT-web WebGPU was seen to give wrong values without an error: the "
+                "accuracy gate decides."
             ),
             base="simplified",
         ),
