@@ -53,6 +53,8 @@ SUPPORTED_DTYPES = {"float32", "float64", "float16", "int8", "uint8", "bool", "i
                     "int32", "uint32", "int64", "uint64"}
 # Console text that signals a WebGPU result can't be trusted even though inference "worked".
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")  # ORT colours its log lines
+POLL_MS = 100
+QOE_CLICK_INTERVAL_MS = 200
 GPU_ERROR_MARKERS = ("wgsl", "validation", "gpuvalidationerror", "device lost")
 # onnxruntime's native log lines carry a severity letter: [W:onnxruntime ...] is a warning, not an error.
 ORT_NON_ERROR_LOG = re.compile(r"\[[VIW]:onnxruntime")
@@ -79,6 +81,11 @@ class MeasureRequest:
     threads: int = 1
     timeout_s: float = 300.0
     required_features: list[str] = field(default_factory=list)
+    # User-experience probe after timing: continuous inference for qoe_duration_ms in each mode
+    # ("main": on the page's main thread, "worker": in a Web Worker) while frames, event-loop lag and
+    # the delay of synthetic clicks are recorded. Empty: skipped.
+    qoe_modes: list[str] = field(default_factory=list)
+    qoe_duration_ms: float = 3000.0
     # Test hook: the page busy-loops synchronously when it reaches this stage
     # (import/probe/inputs/download/session/first/eval/warmup/timing).
     debug_hang_stage: str | None = None
@@ -98,6 +105,7 @@ class MeasureResult:
     baseline_memory_bytes: int | None = None
     console_errors: list[str] = field(default_factory=list)
     env: dict = field(default_factory=dict)
+    qoe: dict | None = None  # per mode: fps, dropped_frames, event_loop_lag_ms, input_delay_ms, ... (or error)
 
     def to_json(self) -> dict:
         """Everything but the outputs, JSON-serialisable."""
@@ -308,7 +316,7 @@ def _run_page(req: MeasureRequest, origin: str, job_prefix: str) -> MeasureResul
     result = MeasureResult(status="failed")
     console: list[str] = []
     console_errors: list[str] = []
-    stage = {"name": "launch", "crashed": False}
+    stage = {"name": "launch", "crashed": False, "done": False}
     context = None
     sampler = None
     hung = False
@@ -323,6 +331,7 @@ def _run_page(req: MeasureRequest, origin: str, job_prefix: str) -> MeasureResul
             stage["name"] = text.split()[-1]
             return
         if text == DONE_MESSAGE:
+            stage["done"] = True
             return
         console.append(f"{msg.type}: {text}")
         if is_console_failure(msg.type, text, req.backend):
@@ -355,15 +364,25 @@ def _run_page(req: MeasureRequest, origin: str, job_prefix: str) -> MeasureResul
             "warmup": int(req.warmup), "runs": int(req.runs), "evalBatch": max(1, int(req.eval_batch)),
             "requiredFeatures": list(req.required_features), "jobBase": job_prefix,
             "debugHangStage": req.debug_hang_stage,
+            "qoe": {"modes": list(req.qoe_modes), "durationMs": float(req.qoe_duration_ms)} if req.qoe_modes else None,
         }
         sampler = _MemorySampler(page_renderers)
         sampler.start()
-        # Completion is signalled by a console message and awaited with a client-side deadline.
-        # (page.wait_for_function was tried first: measured here, it never returns when the page
-        # is stuck in a synchronous loop, because its timeout needs the renderer to answer.)
-        # expect_event also rejects with "Page crashed" if the renderer dies.
-        with page.expect_event("console", predicate=lambda m: m.text == DONE_MESSAGE, timeout=remaining_ms()):
-            page.evaluate("(cfg) => window.startBench(cfg)", cfg)
+        # Completion is signalled by a console message; Python keeps its own deadline and polls with
+        # page.wait_for_timeout, which the driver serves without the renderer. (page.wait_for_function
+        # was tried first: measured here, it never returns when the page is stuck in a synchronous
+        # loop, because its timeout needs the renderer to answer.)
+        page.evaluate("(cfg) => window.startBench(cfg)", cfg)
+        while not stage["done"]:
+            if stage["crashed"]:
+                raise PwError("Page crashed")
+            if time.monotonic() > deadline:
+                raise PwTimeout(f"timeout in stage {stage['name']}")
+            if stage["name"] in ("qoe-main", "qoe-worker"):
+                # A user's click: blocks while the page's main thread is busy, which is the point.
+                # Only after timing succeeded, so every inference is known to finish.
+                page.mouse.click(8, 8)
+            page.wait_for_timeout(QOE_CLICK_INTERVAL_MS if stage["name"].startswith("qoe") else POLL_MS)
         peak = sampler.stop()
         sampler = None
         r = page.evaluate("() => window.__bench.result")
@@ -373,6 +392,7 @@ def _run_page(req: MeasureRequest, origin: str, job_prefix: str) -> MeasureResul
         for k in ("download_bytes", "download_ms", "session_ms", "first_inference_ms", "latency_ms"):
             setattr(result, k, r[k])
         result.env = r["env"]
+        result.qoe = r.get("qoe")
         if result.baseline_memory_bytes is not None and peak:
             result.peak_memory_bytes = max(0, peak - result.baseline_memory_bytes)
         if result.status == "ok":

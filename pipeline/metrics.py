@@ -74,3 +74,45 @@ def budget_violations(acc: dict, budget: Budget) -> list[str]:
         if not v <= budget.max_abs_error:
             out.append(f"max abs error {v:.3g} > {budget.max_abs_error:.3g}")
     return out
+
+
+# Thresholds from the RAIL model: input handled within 100 ms feels instant; 50+ fps looks smooth.
+INPUT_DELAY_OK_MS = 100.0
+SMOOTH_FPS = 50.0
+
+
+def ship_mode(qoe: dict | None) -> dict:
+    """Which mode this artifact should ship in (inference on the main thread or in a Web Worker), from the
+    user-experience probe, with the numbers behind the choice."""
+    if not qoe:
+        return {"mode": None, "reason": "no user-experience measurement"}
+
+    def ok(q):
+        return bool(q) and "error" not in q
+
+    def feels_fine(q):
+        if not ok(q):
+            return False
+        p95 = (q.get("input_delay_ms") or {}).get("p95")
+        return (p95 is None or p95 <= INPUT_DELAY_OK_MS) and q.get("fps", 0) >= SMOOTH_FPS
+
+    def describe(name, q):
+        if not ok(q):
+            return f"{name}: {q.get('error', 'not measured') if q else 'not measured'}"
+        p95 = (q.get("input_delay_ms") or {}).get("p95")
+        return (f"{name}: {q['fps']:.0f} fps, {q['dropped_frames']} dropped frames, input delay p95 "
+                f"{'n/a' if p95 is None else f'{p95:.0f} ms'}")
+
+    main, worker = qoe.get("main"), qoe.get("worker")
+    summary = "; ".join(describe(n, q) for n, q in (("main thread", main), ("worker", worker)) if q is not None)
+    if feels_fine(main):
+        return {"mode": "main", "reason": f"main thread stays responsive ({summary})"}
+    if ok(worker):
+        return {"mode": "worker", "reason": f"run it in a Web Worker ({summary})"}
+    return {"mode": "main" if ok(main) else None, "reason": f"no responsive mode measured ({summary})"}
+
+
+def responsiveness(qoe: dict | None, mode: str | None) -> float | None:
+    """p95 input delay in the mode the artifact ships in (the 'responsiveness' objective)."""
+    q = (qoe or {}).get(mode) if mode else None
+    return ((q or {}).get("input_delay_ms") or {}).get("p95")

@@ -157,6 +157,10 @@ class BackendMeasure(_Strict):
     runs: int = Field(20, ge=1)
     threads: int = Field(1, ge=1, le=16)
     timeout_s: float = Field(600, gt=0)
+    # User-experience probe: continuous inference on the main thread and in a Web Worker while frames,
+    # event-loop lag and input delay are recorded. [] skips it.
+    qoe_modes: list[Literal["main", "worker"]] = Field(default_factory=lambda: ["main", "worker"])
+    qoe_duration_ms: float = Field(3000, ge=200, le=60000)
 
 
 def _default_measure() -> dict[str, BackendMeasure]:
@@ -165,8 +169,27 @@ def _default_measure() -> dict[str, BackendMeasure]:
             "webgl": BackendMeasure(warmup=1, runs=5)}
 
 
+OBJECTIVES = ("latency", "cold_start", "size", "memory", "responsiveness")
+
+
+class Goals(_Strict):
+    """Hard limits a candidate must meet to be chosen at all (besides the accuracy budget)."""
+
+    latency_ms: float | None = Field(None, gt=0)            # steady median
+    max_slowdown_vs_native: float | None = Field(None, gt=0)  # browser median / native median
+    cold_start_ms: float | None = Field(None, gt=0)         # download + session + first inference
+    size_bytes: int | None = Field(None, gt=0)              # download
+    memory_bytes: int | None = Field(None, gt=0)            # peak renderer memory above baseline
+    input_delay_ms: float | None = Field(None, gt=0)        # p95 input delay in the mode it ships in
+
+
 class Selection(_Strict):
-    # Medians within this relative distance count as a tie, broken by the smaller download.
+    # Candidates are ranked by the objectives in order: a later objective decides only between
+    # candidates within `tie_tolerance` (relative) on every earlier one. The download size breaks
+    # remaining ties.
+    objectives: list[Literal["latency", "cold_start", "size", "memory", "responsiveness"]] = Field(
+        default_factory=lambda: ["latency"], min_length=1)
+    goals: Goals = Goals()
     tie_tolerance: float = Field(0.02, ge=0, le=0.5)
 
 

@@ -26,8 +26,18 @@ def candidate_rows(candidates) -> list[dict]:
             "top1_agreement": acc.get("top1_agreement"), "label_accuracy": acc.get("label_accuracy"),
             "accuracy_drop": acc.get("accuracy_drop"), "max_abs_error": acc.get("max_abs_error"),
             "console_errors": rec.get("console_errors", [])[:5], "env": rec.get("env"),
+            "ship_in": (rec.get("ship_mode") or {}).get("mode"),
+            **{f"{mode}_{k}": _qoe(rec, mode, k) for mode in ("main", "worker")
+               for k in ("fps", "dropped_frames", "input_delay_p95_ms")},
         })
     return rows
+
+
+def _qoe(rec: dict, mode: str, key: str):
+    q = (rec.get("qoe") or {}).get(mode) or {}
+    if key == "input_delay_p95_ms":
+        return (q.get("input_delay_ms") or {}).get("p95")
+    return q.get(key)
 
 
 def _fmt(v, digits=3):
@@ -56,6 +66,9 @@ COLUMNS = [("variant", "variant"), ("runtime", "runtime"), ("status", "status"),
            ("p90_ms", "p90 ms"), ("native_median_ms", "native ms"), ("slowdown_vs_native", "× native"),
            ("cold_start_ms", "cold start ms"), ("download_bytes", "bytes"), ("peak_memory_bytes", "peak mem B"),
            ("top1_agreement", "top-1 agree"), ("label_accuracy", "label acc"), ("max_abs_error", "max |err|"),
+           ("main_fps", "fps (main)"), ("main_input_delay_p95_ms", "input delay p95 ms (main)"),
+           ("worker_fps", "fps (worker)"), ("worker_input_delay_p95_ms", "input delay p95 ms (worker)"),
+           ("ship_in", "ship in"),
            ("reasons", "why not")]
 
 

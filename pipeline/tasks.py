@@ -443,7 +443,7 @@ class NativeRun(RecipeTask):
         return f"Native-{self.variant}"
 
     def work(self, out: Path) -> dict:
-        from pipeline.metrics import compare, latency_stats
+        from pipeline.metrics import compare, latency_stats, ship_mode
         from pipeline.reference import ort_latency, ort_outputs
 
         r = self.recipe
@@ -478,14 +478,15 @@ class BrowserMeasure(RecipeTask):
 
     def work(self, out: Path) -> dict:
         from browser_validate.harness import MeasureRequest, measure
-        from pipeline.metrics import compare, latency_stats
+        from pipeline.metrics import compare, latency_stats, ship_mode
 
         r, spec = self.recipe, variant_spec(self.variant)
         m = r.measure[self.backend]
         inputs, labels = self.requires()["data"].load()
         req = MeasureRequest(runtime=spec.runtime, backend=self.backend, model_files=self.requires()["variant"].files(),
                              inputs=inputs, eval_batch=r.data.eval_batch, warmup=m.warmup, runs=m.runs,
-                             threads=m.threads, timeout_s=m.timeout_s,
+                             threads=m.threads, timeout_s=m.timeout_s, qoe_modes=list(m.qoe_modes),
+                             qoe_duration_ms=m.qoe_duration_ms,
                              required_features=list(spec.required_features.get(self.backend, ())))
         log.info("%s: measuring %s on %s in Chromium", r.name, self.variant, self.backend)
         res = measure(req)
@@ -498,7 +499,7 @@ class BrowserMeasure(RecipeTask):
             raise StageFailed("browser", res.error or "failed", retry=retry)
         np.savez(out / "outputs.npz", **res.outputs)
         acc = compare(res.outputs, self.requires()["reference"].load(), r.outputs, labels)
-        return {**record, "accuracy": acc, "latency": latency_stats(res.latency_ms),
+        return {**record, "accuracy": acc, "ship_mode": ship_mode(res.qoe), "latency": latency_stats(res.latency_ms),
                 "cold_start_ms": res.download_ms + res.session_ms + res.first_inference_ms}
 
 
@@ -523,7 +524,7 @@ class SelectAndPublish(RecipeTask):
 
     def fingerprint(self):
         r = self.recipe
-        return {"targets": r.targets, "budget": r.budget.model_dump(), "selection": r.selection.model_dump(),
+        return {"targets": r.targets, "budget": r.budget.model_dump(), "selection": r.selection.model_dump(mode="json"),
                 "manifest": [r.description, [i.model_dump(mode="json") for i in r.inputs],
                              [o.model_dump(mode="json") for o in r.outputs]]}
 
@@ -547,7 +548,7 @@ class SelectAndPublish(RecipeTask):
         _WRITTEN_HERE.add(self.output().path)
 
     def select_and_publish(self) -> dict:
-        from pipeline.metrics import budget_violations
+        from pipeline.metrics import budget_violations, responsiveness
         from pipeline.registry import publish
         from pipeline.report import candidate_rows
         from pipeline.select import Candidate, select
@@ -570,13 +571,17 @@ class SelectAndPublish(RecipeTask):
                 c.median_ms = res["latency"]["median"]
                 c.download_bytes = res["download_bytes"]
                 c.reasons = budget_violations(res["accuracy"], r.budget)
+                nat_median = (native[v].get("latency_ms") or {}).get("median")
+                c.values = {"cold_start": res["cold_start_ms"], "memory": res.get("peak_memory_bytes"),
+                            "responsiveness": responsiveness(res.get("qoe"), res["ship_mode"]["mode"]),
+                            "slowdown": c.median_ms / nat_median if nat_median else None}
             else:
                 c.reasons = [f"{res.get('stage')}: {res.get('error')}"]
             candidates.append(c)
 
         targets, decisions = {}, []
         for t in r.targets:
-            d = select(t, candidates, r.selection.tie_tolerance)
+            d = select(t, candidates, r.selection.tie_tolerance, r.selection.objectives, r.selection.goals)
             decisions.append(d)
             if d.chosen is None:
                 targets[t] = {"status": "unmet", "reason": d.reason, "runtime": None, "backend": None,
@@ -599,7 +604,9 @@ class SelectAndPublish(RecipeTask):
                     "download_bytes": rec["download_bytes"],
                     "accuracy": rec["accuracy"],
                     "peak_memory_bytes": rec.get("peak_memory_bytes"),
+                    "qoe": rec.get("qoe"),
                 },
+                "ship_in": rec["ship_mode"],
             }
         onnx_res = deps["onnx"].result()
         entry = {"description": r.description, "recipe": str(r.path), "build_key": self.key,

@@ -242,3 +242,17 @@ def test_console_classification():
     assert is_console_failure("warning", "Error while parsing WGSL: f16 not enabled", "webgpu")
     assert is_console_failure("warning", "GPUValidationError: Invalid BindGroup", "webgpu")
     assert not is_console_failure("log", "validation of inputs done", "wasm")
+
+
+@pytest.mark.parametrize("backend", ["wasm", "webgpu"])
+def test_qoe_main_thread_and_worker(tiny_model, samples, backend):
+    res = measure(MeasureRequest(runtime="ort", backend=backend, model_files=[tiny_model], inputs=samples,
+                                 runs=2, warmup=1, timeout_s=120, qoe_modes=["main", "worker"], qoe_duration_ms=1200))
+    assert res.status == "ok", res.error
+    for mode in ("main", "worker"):
+        q = res.qoe[mode]
+        assert "error" not in q, q
+        assert q["inferences"] >= 1 and q["duration_ms"] >= 1200
+        assert q["fps"] > 0 and q["dropped_frames"] >= 0 and q["longest_frame_ms"] > 0
+        assert q["event_loop_lag_ms"]["median"] is not None
+        assert q["input_delay_ms"]["n"] >= 1, q  # the synthetic clicks reached the page

@@ -25,7 +25,8 @@ RECIPE = {
     "budget": {"min_top1_agreement": 0.9, "max_abs_error": 0.05},
     "targets": ["wasm", "webgpu"],
     "variants": ["fp32", "int8_dynamic", "corrupt_weights", "fails_to_build", "truncated"],
-    "measure": {"wasm": {"runs": 5, "warmup": 1}, "webgpu": {"runs": 2, "warmup": 1, "timeout_s": 120}},
+    "measure": {"wasm": {"runs": 5, "warmup": 1, "qoe_duration_ms": 500},
+                "webgpu": {"runs": 2, "warmup": 1, "timeout_s": 120, "qoe_modes": ["worker"], "qoe_duration_ms": 500}},
 }
 
 
@@ -89,6 +90,8 @@ def test_build_all_end_to_end(tmp_path, extra_variants, capsys):
         assert m["cold_start_ms"] > m["latency_ms"]["median"]
         assert m["accuracy"]["top1_agreement"] >= 0.9 and m["accuracy"]["samples"] == 12
         assert m["peak_memory_bytes"] and m["peak_memory_bytes"] > 0
+        assert e["ship_in"]["mode"] in ("main", "worker") and e["ship_in"]["reason"]
+        assert m["qoe"]["worker"]["fps"] > 0
         f = e["files"][0]
         assert (art / "registry" / f["path"]).stat().st_size == f["bytes"] == m["download_bytes"]
 

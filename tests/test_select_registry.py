@@ -112,3 +112,35 @@ def test_failed_write_leaves_old_index(tmp_path, monkeypatch):
     assert (reg / "index.json").read_text() == before
     assert not [p for p in reg.rglob("*") if p.name.endswith(".tmp")]
     assert json.loads(before)["models"]["m"].keys() == {"1"}
+
+
+def test_objectives_in_priority_order_and_goals():
+    from pipeline.recipe import Goals
+
+    a = cand("a", median=1.00, size=900)
+    a.values = {"cold_start": 900, "memory": 50}
+    b = cand("b", median=1.01, size=800)
+    b.values = {"cold_start": 300, "memory": 90}
+    c = cand("c", median=2.00, size=100)
+    c.values = {"cold_start": 100, "memory": 10}
+    d = select("wasm", [a, b, c], 0.02, ["latency", "cold_start"])
+    assert d.chosen.variant == "b" and "latency > cold_start" in d.reason  # tied on latency, faster start
+    d = select("wasm", [cand("a", median=1.0), cand("b", median=1.01)], 0.02, ["cold_start", "latency"])
+    assert d.chosen.variant == "a"  # no cold start measured for either: latency decides
+    g = select("wasm", [a, b, c], 0.02, ["latency"], Goals(cold_start_ms=500))
+    assert g.chosen.variant == "b" and any("cold start 900 ms > goal 500" in r for r in a.reasons)
+    u = select("wasm", [cand("x", median=5.0)], 0.02, ["latency"], Goals(latency_ms=1))
+    assert u.status == "unmet" and "median latency 5 ms > goal 1 ms" in u.reason
+
+
+def test_ship_mode_from_qoe():
+    from pipeline.metrics import ship_mode
+
+    smooth = {"fps": 60, "dropped_frames": 0, "input_delay_ms": {"p95": 5}}
+    janky = {"fps": 12, "dropped_frames": 140, "input_delay_ms": {"p95": 400}}
+    assert ship_mode({"main": smooth, "worker": smooth})["mode"] == "main"
+    m = ship_mode({"main": janky, "worker": smooth})
+    assert m["mode"] == "worker" and "400 ms" in m["reason"]
+    assert ship_mode({"main": janky, "worker": {"error": "worker: no WebGPU"}})["mode"] == "main"
+    assert ship_mode(None)["mode"] is None
+    assert ship_mode({"worker": smooth})["mode"] == "worker"  # main thread not measured

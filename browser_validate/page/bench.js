@@ -60,6 +60,91 @@ function encodeOutputs(outputs) {
   return enc;
 }
 
+// ---------------------------------------------------------------- user-experience probes
+// While inference runs continuously (on the main thread, or in a Web Worker), watch what a user
+// would feel: frames (requestAnimationFrame gaps), event-loop lag (a 50 ms timer's lateness) and
+// input delay (Python clicks the page; the handler sees how late the event is processed).
+
+const FRAME_MS = 1000 / 60;
+const inputDelays = [];
+addEventListener('pointerdown', (e) => inputDelays.push(performance.now() - e.timeStamp), {capture: true});
+
+function percentile(a, p) {
+  if (!a.length) return null;
+  const s = [...a].sort((x, y) => x - y);
+  return s[Math.min(s.length - 1, Math.floor(p / 100 * s.length))];
+}
+
+function startWatch() {
+  const w = {frames: [], lags: [], stop: false, t0: performance.now()};
+  inputDelays.length = 0;
+  const frame = (t) => { w.frames.push(t); if (!w.stop) requestAnimationFrame(frame); };
+  requestAnimationFrame(frame);
+  let expected = performance.now() + 50;
+  const tick = () => {
+    const now = performance.now();
+    w.lags.push(Math.max(0, now - expected));
+    expected = now + 50;
+    if (!w.stop) setTimeout(tick, 50);
+  };
+  setTimeout(tick, 50);
+  return w;
+}
+
+function stopWatch(w, runs) {
+  w.stop = true;
+  const end = performance.now();
+  const elapsed = end - w.t0;
+  // The window's start and end bound the first and last gaps: a page frozen for the whole window
+  // has no frames at all, and that is one long gap, not zero dropped frames.
+  const marks = [w.t0, ...w.frames, end];
+  const gaps = marks.slice(1).map((t, i) => t - marks[i]);
+  const dropped = gaps.reduce((n, g) => n + Math.max(0, Math.round(g / FRAME_MS) - 1), 0);
+  return {
+    duration_ms: elapsed, inferences: runs,
+    fps: w.frames.length / (elapsed / 1000), dropped_frames: dropped,
+    longest_frame_ms: Math.max(...gaps),
+    event_loop_lag_ms: {median: percentile(w.lags, 50), p95: percentile(w.lags, 95), max: w.lags.length ? Math.max(...w.lags) : null},
+    input_delay_ms: {n: inputDelays.length, median: percentile(inputDelays, 50), p95: percentile(inputDelays, 95),
+                     max: inputDelays.length ? Math.max(...inputDelays) : null},
+  };
+}
+
+async function qoeMainThread(adapter, single, durationMs) {
+  const w = startWatch();
+  let runs = 0;
+  const end = performance.now() + durationMs;
+  // One inference per macrotask, as an app would schedule them: between inferences the browser may
+  // paint and handle input, so what is measured is how long each inference blocks the main thread.
+  while (runs === 0 || performance.now() < end) {
+    await adapter.run(single);
+    runs++;
+    await new Promise((r) => setTimeout(r, 0));
+  }
+  // Let the last frame and timer land so they are counted.
+  await new Promise((r) => setTimeout(r, 60));
+  return stopWatch(w, runs);
+}
+
+async function qoeWorker(cfg, files, single, durationMs) {
+  const worker = new Worker('/page/worker.js', {type: 'module'});
+  const call = (msg, transfer = []) => new Promise((resolve, reject) => {
+    worker.onmessage = (e) => (e.data.error ? reject(new Error(`worker: ${e.data.error}`)) : resolve(e.data));
+    worker.onerror = (e) => reject(new Error(`worker: ${e.message || 'error'}`));
+    worker.postMessage(msg, transfer);
+  });
+  try {
+    await call({op: 'load', runtime: cfg.runtime, backend: cfg.backend, threads: cfg.threads, files});
+    await call({op: 'run', feeds: single});  // first inference outside the window, like the main-thread mode
+    const w = startWatch();
+    const done = await call({op: 'loop', feeds: single, durationMs});
+    await new Promise((r) => setTimeout(r, 60));
+    return stopWatch(w, done.runs);
+  } finally {
+    worker.terminate();
+  }
+}
+
 async function bench(cfg) {
   const res = {
     status: 'ok', error: null, download_bytes: 0, download_ms: 0, session_ms: 0, first_inference_ms: 0,
@@ -110,7 +195,9 @@ async function bench(cfg) {
     const loaded = await adapter.load({files, backend: cfg.backend, threads: cfg.threads});
     res.session_ms = performance.now() - t0;
     res.env.session = loaded && loaded.info;
-    files.length = 0;  // let the downloaded buffers be collected
+    // Keep the model bytes only if a Worker will need them; otherwise let them be collected.
+    const workerFiles = cfg.qoe && cfg.qoe.modes.includes('worker') ? files.map((f) => ({...f})) : null;
+    files.length = 0;
 
     // First inference includes lazy work (kernel compilation, weight upload), so it is timed apart.
     setStage('first', cfg);
@@ -133,6 +220,21 @@ async function bench(cfg) {
       t0 = performance.now();
       await adapter.run(single);
       res.latency_ms.push(performance.now() - t0);
+    }
+
+    if (cfg.qoe) {
+      res.qoe = {};
+      for (const mode of cfg.qoe.modes) {
+        setStage(`qoe-${mode}`, cfg);
+        try {
+          res.qoe[mode] = mode === 'main'
+            ? await qoeMainThread(adapter, single, cfg.qoe.durationMs)
+            : await qoeWorker(cfg, workerFiles, single, cfg.qoe.durationMs);
+        } catch (e) {
+          res.qoe[mode] = {error: (e && (e.message || String(e))) || 'failed'};
+        }
+      }
+      setStage('qoe-done', cfg);
     }
     return res;
   } catch (e) {
