@@ -24,6 +24,7 @@ import time
 import uuid
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import psutil
@@ -273,15 +274,16 @@ def _is_gpu_error(text: str) -> bool:
     return any(m in low for m in GPU_ERROR_MARKERS)
 
 
-def measure(req: MeasureRequest) -> MeasureResult:
-    """Measure one artifact. Never raises for model/browser problems: returns status "failed"."""
+def measure(req: MeasureRequest, on_stage: Callable[[str], None] | None = None) -> MeasureResult:
+    """Measure one artifact. Never raises for model/browser problems: returns status "failed".
+    `on_stage(name)` is called as the page moves through its stages (for progress reporting)."""
     try:
-        return _measure(req)
+        return _measure(req, on_stage)
     except Exception as e:  # setup problems (missing node_modules, ...): report, don't raise
         return MeasureResult(status="failed", error=f"setup: {type(e).__name__}: {str(e)[:300]}")
 
 
-def _measure(req: MeasureRequest) -> MeasureResult:
+def _measure(req: MeasureRequest, on_stage=None) -> MeasureResult:
     info = RUNTIMES.get(req.runtime)
     if info is None:
         return MeasureResult(status="failed", error=f"config: unknown runtime {req.runtime!r}")
@@ -303,12 +305,12 @@ def _measure(req: MeasureRequest) -> MeasureResult:
             return MeasureResult(status="failed", error=f"inputs: {e}")
         server.mount(prefix, tmp)
         try:
-            return _run_page(req, server.origin, prefix)
+            return _run_page(req, server.origin, prefix, on_stage)
         finally:
             server.unmount(prefix)
 
 
-def _run_page(req: MeasureRequest, origin: str, job_prefix: str) -> MeasureResult:
+def _run_page(req: MeasureRequest, origin: str, job_prefix: str, on_stage=None) -> MeasureResult:
     from playwright.sync_api import Error as PwError
     from playwright.sync_api import TimeoutError as PwTimeout
 
@@ -373,7 +375,11 @@ def _run_page(req: MeasureRequest, origin: str, job_prefix: str) -> MeasureResul
         # was tried first: measured here, it never returns when the page is stuck in a synchronous
         # loop, because its timeout needs the renderer to answer.)
         page.evaluate("(cfg) => window.startBench(cfg)", cfg)
+        reported = None
         while not stage["done"]:
+            if on_stage and stage["name"] != reported:
+                reported = stage["name"]
+                on_stage(reported)
             if stage["crashed"]:
                 raise PwError("Page crashed")
             if time.monotonic() > deadline:

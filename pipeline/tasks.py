@@ -138,6 +138,7 @@ class RecipeTask(luigi.Task):
 
     def run(self):
         started = time.time()
+        self.set_status_message(f"{self.recipe.name}: {self.folder_name()} running")
         with atomic_dir(self.out_dir) as tmp:
             try:
                 failed = [d for d in luigi.task.flatten(self.requires()) if d.result()["status"] != "ok"]
@@ -489,7 +490,14 @@ class BrowserMeasure(RecipeTask):
                              qoe_duration_ms=m.qoe_duration_ms,
                              required_features=list(spec.required_features.get(self.backend, ())))
         log.info("%s: measuring %s on %s in Chromium", r.name, self.variant, self.backend)
-        res = measure(req)
+        stages = ["inputs", "download", "session", "first", "eval", "warmup", "timing", "qoe-main", "qoe-worker"]
+
+        def progress(stage: str) -> None:  # shown by luigid's UI and `luigi` status
+            self.set_status_message(f"{self.variant} on {self.backend}: {stage}")
+            if stage in stages:
+                self.set_progress_percentage(int(100 * stages.index(stage) / len(stages)))
+
+        res = measure(req, on_stage=progress)
         record = res.to_json()
         if res.status == "unsupported":
             raise StageFailed("unsupported", res.error or "unsupported on this browser", status="unsupported")

@@ -65,6 +65,25 @@ def extra_variants(monkeypatch):
     monkeypatch.setattr(families, "all_variants", all_variants)
 
 
+def check_report_renders(html_file: Path, png: Path) -> None:
+    """Open the report in the same headless Chromium, screenshot it, and require a clean console."""
+    from browser_validate.harness import _BROWSER
+
+    ctx = _BROWSER.get().new_context()
+    try:
+        page = ctx.new_page()
+        errors = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(html_file.as_uri())
+        page.screenshot(path=str(png), full_page=True)
+        assert page.locator("svg circle").count() >= 2 and page.locator("tr.win").count() == 2
+        assert errors == []
+    finally:
+        ctx.close()
+    assert png.stat().st_size > 10_000
+
+
 def build(recipes: Path, artifacts: Path) -> dict:
     res = luigi.build([BuildAll(recipes_dir=str(recipes), artifacts_dir=str(artifacts))], local_scheduler=True,
                       detailed_summary=True, log_level="WARNING")
@@ -103,7 +122,9 @@ def test_build_all_end_to_end(tmp_path, extra_variants, capsys):
     assert rows[("fails_to_build", "wasm")]["reasons"] == ["convert: RuntimeError: converter exploded on purpose"]
     trunc = rows[("truncated", "webgpu")]
     assert trunc["status"] == "failed" and "browser" in trunc["reasons"][0]
-    assert (art / "report" / "index.html").read_text().count("<table>") == 2
+    page = (art / "report" / "index.html").read_text()
+    assert page.count("<table>") == 2 and page.count("<svg") >= 4
+    check_report_renders(art / "report" / "index.html", tmp_path / "report.png")
     assert "tiny" in capsys.readouterr().out  # the console summary
 
     # Nothing changed: nothing reruns, nothing is rewritten.
