@@ -46,6 +46,8 @@ CHROMIUM_ARGS = [
     "--enable-unsafe-webgpu",
     "--enable-unsafe-swiftshader",
     "--disable-features=SpareRendererForSitePerProcess",
+    # performance.measureUserAgentSpecificMemory() answers at once instead of at the next GC.
+    "--enable-blink-features=ForceEagerMeasureMemory",
 ]
 
 MEMORY_SAMPLE_S = 0.05
@@ -87,6 +89,9 @@ class MeasureRequest:
     # the delay of synthetic clicks are recorded. Empty: skipped.
     qoe_modes: list[str] = field(default_factory=list)
     qoe_duration_ms: float = 3000.0
+    # Download time of the model files again under an emulated network (DevTools protocol), e.g.
+    # {"name": "fast-4g", "download_kbps": 9000, "upload_kbps": 1500, "latency_ms": 60}. None: skipped.
+    network_profile: dict | None = None
     # Test hook: the page busy-loops synchronously when it reaches this stage
     # (import/probe/inputs/download/session/first/eval/warmup/timing).
     debug_hang_stage: str | None = None
@@ -107,6 +112,9 @@ class MeasureResult:
     console_errors: list[str] = field(default_factory=list)
     env: dict = field(default_factory=dict)
     qoe: dict | None = None  # per mode: fps, dropped_frames, event_loop_lag_ms, input_delay_ms, ... (or error)
+    gpu_process_peak_bytes: int | None = None  # GPU process RSS peak above its baseline (WebGPU/WebGL work)
+    page_memory_bytes: int | None = None  # performance.measureUserAgentSpecificMemory(), when it answers in time
+    network_download: dict | None = None  # {"profile": ..., "ms": ...} under req.network_profile
 
     def to_json(self) -> dict:
         """Everything but the outputs, JSON-serialisable."""
@@ -182,6 +190,21 @@ def _renderer_pids() -> set[int]:
     return pids
 
 
+def _gpu_pids() -> set[int]:
+    """The GPU process of our Chromium (shared by all pages; WebGPU/WebGL buffers live there)."""
+    pids = set()
+    try:
+        for p in psutil.Process().children(recursive=True):
+            try:
+                if "--type=gpu-process" in p.cmdline():
+                    pids.add(p.pid)
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+    except psutil.Error:
+        pass
+    return pids
+
+
 def _rss(pids: set[int]) -> int:
     total = 0
     for pid in pids:
@@ -196,15 +219,19 @@ class _MemorySampler(threading.Thread):
     """Samples the page renderer's RSS every ~50 ms: the wasm heap lives there, and the JS heap
     APIs (performance.memory, CDP JSHeapUsedSize) miss it."""
 
-    def __init__(self, pids: set[int]):
+    def __init__(self, pids: set[int], gpu_pids: set[int] = frozenset()):
         super().__init__(name="browser-validate-mem", daemon=True)
         self.pids = pids
+        self.gpu_pids = gpu_pids
         self.peak = 0
+        self.gpu_peak = 0
         self._halt = threading.Event()
 
     def run(self):
         while not self._halt.is_set():
             self.peak = max(self.peak, _rss(self.pids))
+            if self.gpu_pids:
+                self.gpu_peak = max(self.gpu_peak, _rss(self.gpu_pids))
             self._halt.wait(MEMORY_SAMPLE_S)
 
     def stop(self) -> int:
@@ -368,7 +395,9 @@ def _run_page(req: MeasureRequest, origin: str, job_prefix: str, on_stage=None) 
             "debugHangStage": req.debug_hang_stage,
             "qoe": {"modes": list(req.qoe_modes), "durationMs": float(req.qoe_duration_ms)} if req.qoe_modes else None,
         }
-        sampler = _MemorySampler(page_renderers)
+        gpu_pids = _gpu_pids()
+        gpu_baseline = _baseline_memory(gpu_pids) if gpu_pids else None
+        sampler = _MemorySampler(page_renderers, gpu_pids)
         sampler.start()
         # Completion is signalled by a console message; Python keeps its own deadline and polls with
         # page.wait_for_timeout, which the driver serves without the renderer. (page.wait_for_function
@@ -390,8 +419,13 @@ def _run_page(req: MeasureRequest, origin: str, job_prefix: str, on_stage=None) 
                 page.mouse.click(8, 8)
             page.wait_for_timeout(QOE_CLICK_INTERVAL_MS if stage["name"].startswith("qoe") else POLL_MS)
         peak = sampler.stop()
+        if gpu_baseline is not None and sampler.gpu_peak:
+            result.gpu_process_peak_bytes = max(0, sampler.gpu_peak - gpu_baseline)
         sampler = None
         r = page.evaluate("() => window.__bench.result")
+        result.page_memory_bytes = r.get("page_memory_bytes")
+        if r["status"] == "ok" and req.network_profile:
+            result.network_download = _download_under_profile(context, page, req.network_profile, remaining_ms())
 
         result.status = r["status"]
         result.error = r["error"]
@@ -429,6 +463,30 @@ def _run_page(req: MeasureRequest, origin: str, job_prefix: str, on_stage=None) 
         result.env = {**result.env, "memory_metric": "renderer_rss", "memory_pids": len(page_renderers), "console": console[-50:]}
         _close_context(context, page_renderers, hung=hung)
     return result
+
+
+def _download_under_profile(context, page, profile: dict, timeout_ms: float) -> dict:
+    """Fetch the model files again with the network throttled through the DevTools protocol: what a user on
+    that connection waits before the session can even be created."""
+    cdp = context.new_cdp_session(page)
+    try:
+        cdp.send("Network.enable")
+        cdp.send("Network.emulateNetworkConditions", {
+            "offline": False, "latency": float(profile.get("latency_ms", 0)),
+            "downloadThroughput": float(profile["download_kbps"]) * 1000 / 8,
+            "uploadThroughput": float(profile.get("upload_kbps", profile["download_kbps"])) * 1000 / 8})
+        page.set_default_timeout(timeout_ms)
+        ms = page.evaluate("() => window.timeDownload()")
+        return {"profile": profile, "ms": ms}
+    except Exception as e:  # report, never fail the measurement for it
+        return {"profile": profile, "error": str(e).splitlines()[0][:200]}
+    finally:
+        try:
+            cdp.send("Network.emulateNetworkConditions",
+                     {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1})
+            cdp.detach()
+        except Exception:
+            pass
 
 
 def _close_context(context, page_renderers: set[int], hung: bool) -> None:

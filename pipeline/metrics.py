@@ -8,13 +8,25 @@ from pipeline.recipe import Budget, OutputSpec
 ARGMAX_KINDS = ("logits", "probabilities")
 
 
+# A timing is flagged, not trusted, when its spread is large against its median or it has too few runs.
+NOISY_IQR_RATIO = 0.25
+MIN_TRUSTED_RUNS = 5
+
+
 def latency_stats(times_ms: list[float]) -> dict:
     a = np.asarray(times_ms, dtype=np.float64)
     if a.size == 0:
         return {}
     q1, med, q3, p90 = np.percentile(a, [25, 50, 75, 90])
-    return {"median": float(med), "p90": float(p90), "iqr": float(q3 - q1), "min": float(a.min()),
-            "mean": float(a.mean()), "n": int(a.size)}
+    out = {"median": float(med), "p90": float(p90), "iqr": float(q3 - q1), "min": float(a.min()),
+           "mean": float(a.mean()), "n": int(a.size)}
+    why = []
+    if a.size < MIN_TRUSTED_RUNS:
+        why.append(f"only {a.size} runs")
+    if med > 0 and (q3 - q1) / med > NOISY_IQR_RATIO:
+        why.append(f"IQR {100 * (q3 - q1) / med:.0f}% of the median")
+    out["noisy"] = "; ".join(why) or None
+    return out
 
 
 def compare(outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray], specs: list[OutputSpec],

@@ -152,6 +152,13 @@ class Budget(_Strict):
         return self
 
 
+class NetworkProfile(_Strict):
+    name: str
+    download_kbps: float = Field(gt=0)
+    upload_kbps: float | None = Field(None, gt=0)
+    latency_ms: float = Field(0, ge=0)
+
+
 class BackendMeasure(_Strict):
     warmup: int = Field(3, ge=0)
     runs: int = Field(20, ge=1)
@@ -161,6 +168,8 @@ class BackendMeasure(_Strict):
     # event-loop lag and input delay are recorded. [] skips it.
     qoe_modes: list[Literal["main", "worker"]] = Field(default_factory=lambda: ["main", "worker"])
     qoe_duration_ms: float = Field(3000, ge=200, le=60000)
+    # Download the model again under this emulated network: the cold start a user on it would see.
+    network_profile: NetworkProfile | None = None
 
 
 def _default_measure() -> dict[str, BackendMeasure]:

@@ -18,6 +18,7 @@ def candidate_rows(candidates) -> list[dict]:
             "variant": c.variant, "runtime": c.runtime, "backend": c.backend, "status": c.status,
             "eligible": c.eligible, "reasons": c.reasons,
             "median_ms": lat.get("median"), "p90_ms": lat.get("p90"), "iqr_ms": lat.get("iqr"),
+            "timing_noisy": lat.get("noisy"),
             "native_median_ms": nat.get("median"),
             "slowdown_vs_native": (lat["median"] / nat["median"]) if lat.get("median") and nat.get("median") else None,
             "cold_start_ms": rec.get("cold_start_ms"), "session_ms": rec.get("session_ms"),
@@ -63,7 +64,7 @@ def console_table(results: list[dict]) -> str:
 
 
 COLUMNS = [("variant", "variant"), ("runtime", "runtime"), ("status", "status"), ("median_ms", "median ms"),
-           ("p90_ms", "p90 ms"), ("native_median_ms", "native ms"), ("slowdown_vs_native", "× native"),
+           ("p90_ms", "p90 ms"), ("timing_noisy", "noisy?"), ("native_median_ms", "native ms"), ("slowdown_vs_native", "× native"),
            ("cold_start_ms", "cold start ms"), ("download_bytes", "bytes"), ("peak_memory_bytes", "peak mem B"),
            ("top1_agreement", "top-1 agree"), ("label_accuracy", "label acc"), ("max_abs_error", "max |err|"),
            ("main_fps", "fps (main)"), ("main_input_delay_p95_ms", "input delay p95 ms (main)"),

@@ -108,4 +108,7 @@ def select(target: str, candidates: list[Candidate], tie_tolerance: float = 0.02
     if len(ranking) > 1:
         runner = ranking[1]
         reason += f"; runner-up {runner.runtime}/{runner.variant} {runner.median_ms:.3g} ms"
+    noisy = (best.record.get("latency") or {}).get("noisy")
+    if noisy:
+        reason += f" [timing noisy: {noisy}]"
     return Decision(target, "chosen", best, reason, ranking, rejected)

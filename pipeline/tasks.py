@@ -471,7 +471,7 @@ class BrowserMeasure(RecipeTask):
                 "reference": NativeReference(self.recipe_path, self.artifacts_dir)}
 
     def fingerprint(self):
-        return {"backend": self.backend, "measure": self.recipe.measure[self.backend].model_dump(),
+        return {"backend": self.backend, "measure": self.recipe.measure[self.backend].model_dump(mode="json"),
                 "eval_batch": self.recipe.data.eval_batch, "browser": browser_toolchain()}
 
     def folder_name(self):
@@ -488,6 +488,7 @@ class BrowserMeasure(RecipeTask):
                              inputs=inputs, eval_batch=r.data.eval_batch, warmup=m.warmup, runs=m.runs,
                              threads=m.threads, timeout_s=m.timeout_s, qoe_modes=list(m.qoe_modes),
                              qoe_duration_ms=m.qoe_duration_ms,
+                             network_profile=m.network_profile.model_dump() if m.network_profile else None,
                              required_features=list(spec.required_features.get(self.backend, ())))
         log.info("%s: measuring %s on %s in Chromium", r.name, self.variant, self.backend)
         stages = ["inputs", "download", "session", "first", "eval", "warmup", "timing", "qoe-main", "qoe-worker"]
@@ -507,8 +508,12 @@ class BrowserMeasure(RecipeTask):
             raise StageFailed("browser", res.error or "failed", retry=retry)
         np.savez(out / "outputs.npz", **res.outputs)
         acc = compare(res.outputs, self.requires()["reference"].load(), r.outputs, labels)
+        cold = {"download_ms": res.download_ms, "session_ms": res.session_ms,
+                "first_inference_ms": res.first_inference_ms}
+        if res.network_download and "ms" in res.network_download:
+            cold[f"download_ms_{res.network_download['profile']['name']}"] = res.network_download["ms"]
         return {**record, "accuracy": acc, "ship_mode": ship_mode(res.qoe), "latency": latency_stats(res.latency_ms),
-                "cold_start_ms": res.download_ms + res.session_ms + res.first_inference_ms}
+                "cold_start_ms": res.download_ms + res.session_ms + res.first_inference_ms, "cold_start": cold}
 
 
 # ---------------------------------------------------------------- selection and release
@@ -612,6 +617,9 @@ class SelectAndPublish(RecipeTask):
                     "download_bytes": rec["download_bytes"],
                     "accuracy": rec["accuracy"],
                     "peak_memory_bytes": rec.get("peak_memory_bytes"),
+                    "gpu_process_peak_bytes": rec.get("gpu_process_peak_bytes"),
+                    "page_memory_bytes": rec.get("page_memory_bytes"),
+                    "cold_start": rec.get("cold_start"),
                     "qoe": rec.get("qoe"),
                 },
                 "ship_in": rec["ship_mode"],

@@ -256,3 +256,14 @@ def test_qoe_main_thread_and_worker(tiny_model, samples, backend):
         assert q["fps"] > 0 and q["dropped_frames"] >= 0 and q["longest_frame_ms"] > 0
         assert q["event_loop_lag_ms"]["median"] is not None
         assert q["input_delay_ms"]["n"] >= 1, q  # the synthetic clicks reached the page
+
+
+def test_memory_views_and_network_profile(tiny_model, samples):
+    profile = {"name": "slow", "download_kbps": 400, "latency_ms": 300}
+    res = measure(MeasureRequest(runtime="ort", backend="webgpu", model_files=[tiny_model], inputs=samples,
+                                 runs=2, warmup=1, timeout_s=120, network_profile=profile))
+    assert res.status == "ok", res.error
+    assert res.gpu_process_peak_bytes is not None and res.gpu_process_peak_bytes >= 0
+    assert res.page_memory_bytes is None or res.page_memory_bytes > 0
+    # At least one round trip of emulated latency, and far slower than the unthrottled download.
+    assert res.network_download["ms"] >= 300 and res.network_download["ms"] > res.download_ms

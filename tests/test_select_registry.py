@@ -144,3 +144,12 @@ def test_ship_mode_from_qoe():
     assert ship_mode({"main": janky, "worker": {"error": "worker: no WebGPU"}})["mode"] == "main"
     assert ship_mode(None)["mode"] is None
     assert ship_mode({"worker": smooth})["mode"] == "worker"  # main thread not measured
+
+
+def test_noisy_timing_is_flagged():
+    assert latency_stats([10, 10.1, 9.9, 10, 10.2, 10])["noisy"] is None
+    assert "IQR" in latency_stats([5, 10, 20, 5, 30, 10, 8])["noisy"]
+    assert "only 3 runs" in latency_stats([1, 1, 1])["noisy"]
+    c = cand("a", median=1.0)
+    c.record = {"latency": latency_stats([1, 1, 1])}
+    assert "[timing noisy: only 3 runs]" in select("wasm", [c]).reason

@@ -178,6 +178,7 @@ async function bench(cfg) {
       inputs.push({...inp, array: new Typed(await fetchBuffer(cfg.jobBase + inp.file))});
     }
     const n = manifest.num_samples;
+    lastJob = {manifest, base: cfg.jobBase};
 
     // Model files only: this is what a user would download.
     setStage('download', cfg);
@@ -222,6 +223,15 @@ async function bench(cfg) {
       res.latency_ms.push(performance.now() - t0);
     }
 
+    // The page's own memory view (JS + wasm heaps). It can stall for a long time with wasm threads:
+    // bounded, and absent rather than wrong when it does not answer.
+    setStage('memory', cfg);
+    if (self.performance.measureUserAgentSpecificMemory) {
+      const timeout = new Promise((resolve) => setTimeout(() => resolve(null), 5000));
+      const m = await Promise.race([performance.measureUserAgentSpecificMemory().catch(() => null), timeout]);
+      res.page_memory_bytes = m ? m.bytes : null;
+    }
+
     if (cfg.qoe) {
       res.qoe = {};
       for (const mode of cfg.qoe.modes) {
@@ -247,6 +257,14 @@ async function bench(cfg) {
     }
   }
 }
+
+// Re-download the model files (used under an emulated network profile) and return the time taken.
+let lastJob = null;
+window.timeDownload = async () => {
+  const t0 = performance.now();
+  for (const f of lastJob.manifest.model_files) await fetchBuffer(lastJob.base + f.file);
+  return performance.now() - t0;
+};
 
 window.startBench = (cfg) => {
   state.done = false;

@@ -27,4 +27,11 @@ RUNTIMES: dict[str, RuntimeInfo] = {
         backends=("wasm", "webgpu"),
         static_mount=("/ort/", NODE_MODULES / "onnxruntime-web" / "dist"),
     ),
+    # One mount for tfjs: its core bundle and the wasm/webgpu backend bundles (+ .wasm files) live in sibling
+    # packages, all served from node_modules/@tensorflow (only dist/ files are requested).
+    "tfjs": RuntimeInfo(
+        js="tfjs.js",
+        backends=("wasm", "webgl", "webgpu"),
+        static_mount=("/tfjs/", NODE_MODULES / "@tensorflow"),
+    ),
 }

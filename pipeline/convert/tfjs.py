@@ -267,11 +267,29 @@ _ONNX2TF_OP_LINE = re.compile(r"onnx_op_type:\s*(\S+)\s+onnx_op_name:\s*(\S+)")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
+def _onnx2tf_precheck(model, step: str) -> None:
+    """onnx2tf implements one module per ONNX op (onnx2tf/ops/<OpType>.py): an op without one (or from a
+    custom domain) can only fail, after a long TensorFlow start-up. Name it now."""
+    try:
+        import onnx2tf.ops as ops_pkg
+    except ImportError:
+        return  # the run below reports the missing tool
+    known = {p.stem for p in Path(ops_pkg.__file__).parent.glob("*.py") if not p.stem.startswith("_")}
+    for node in model.graph.node:
+        domain = node.domain or ""
+        if domain not in ("", "ai.onnx") or node.op_type not in known:
+            op = f"{domain}:{node.op_type}" if domain not in ("", "ai.onnx") else node.op_type
+            raise UnsupportedOp(step, op, f"node {node.name or '<unnamed>'}: onnx2tf has no converter for it")
+
+
 def _onnx2tf_failure(log: str) -> tuple[str | None, str | None, str]:
     """(op type, node name, error summary) of a failed onnx2tf run, from its log."""
     text = _ANSI.sub("", log)
     ops = _ONNX2TF_OP_LINE.findall(text)
     op, node = (ops[-1] if ops else (None, None))
+    missing = re.search(r"No module named 'onnx2tf\.ops\.(\w+)'", text)
+    if missing:
+        op, node = missing.group(1), node or "?"
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     errs = [ln for ln in lines if ln.startswith("ERROR") or "Error" in ln or "error" in ln.split(":")[0]]
     summary = errs[-1] if errs else (lines[-1] if lines else "no output")
@@ -305,6 +323,8 @@ def onnx_to_saved_model(onnx_path: str | Path, out_dir: str | Path, *, keep_nchw
     unknown = set(keep) - set(in_names)
     if unknown:
         raise TfjsConversionError(step, f"keep_nchw names {sorted(unknown)} are not inputs of the model ({in_names})")
+
+    _onnx2tf_precheck(model, step)
 
     bin_dir = Path(sys.executable).parent
     exe = bin_dir / "onnx2tf"
