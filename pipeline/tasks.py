@@ -484,6 +484,11 @@ class BrowserMeasure(RecipeTask):
         r, spec = self.recipe, variant_spec(self.variant)
         m = r.measure[self.backend]
         inputs, labels = self.requires()["data"].load()
+        reference = self.requires()["reference"].load()
+        if m.max_eval_samples:
+            n = m.max_eval_samples
+            inputs, reference = {k: v[:n] for k, v in inputs.items()}, {k: v[:n] for k, v in reference.items()}
+            labels = labels[:n] if labels is not None else None
         req = MeasureRequest(runtime=spec.runtime, backend=self.backend, model_files=self.requires()["variant"].files(),
                              inputs=inputs, eval_batch=r.data.eval_batch, warmup=m.warmup, runs=m.runs,
                              threads=m.threads, timeout_s=m.timeout_s, qoe_modes=list(m.qoe_modes),
@@ -507,7 +512,7 @@ class BrowserMeasure(RecipeTask):
             retry = any(w in (res.error or "").lower() for w in ("crash", "timeout", "timed out"))
             raise StageFailed("browser", res.error or "failed", retry=retry)
         np.savez(out / "outputs.npz", **res.outputs)
-        acc = compare(res.outputs, self.requires()["reference"].load(), r.outputs, labels)
+        acc = compare(res.outputs, reference, r.outputs, labels)
         cold = {"download_ms": res.download_ms, "session_ms": res.session_ms,
                 "first_inference_ms": res.first_inference_ms}
         if res.network_download and "ms" in res.network_download:

@@ -404,9 +404,9 @@ def onnx_to_saved_model(onnx_path: str | Path, out_dir: str | Path, *, keep_nchw
 def _load_keras(keras_file: Path, step: str):
     _tf()
     try:
-        import keras
+        from model_sources.fashion_keras import load
 
-        return keras.saving.load_model(str(keras_file), compile=False)
+        return load(keras_file)  # a .keras zip under any file name
     except Exception as e:
         raise TfjsConversionError(step, f"cannot load Keras model {keras_file}: {type(e).__name__}: {str(e)[:300]}") from None
 
