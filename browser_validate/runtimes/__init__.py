@@ -27,6 +27,11 @@ RUNTIMES: dict[str, RuntimeInfo] = {
         backends=("wasm", "webgpu"),
         static_mount=("/ort/", NODE_MODULES / "onnxruntime-web" / "dist"),
     ),
+    "tvm": RuntimeInfo(
+        js="tvm.js",
+        backends=("wasm", "webgpu"),
+        static_mount=("/tvmjs/", NODE_MODULES / "@mlc-ai" / "web-runtime" / "lib"),
+    ),
     # One mount for tfjs: its core bundle and the wasm/webgpu backend bundles (+ .wasm files) live in sibling
     # packages, all served from node_modules/@tensorflow (only dist/ files are requested).
     "tfjs": RuntimeInfo(
