@@ -52,7 +52,7 @@ class VariantSpec:
     prerequisites: tuple[str, ...] = ()  # names of Prerequisites whose folders the build reads
 
 
-_FAMILY_MODULES = ["pipeline.convert.onnx_family"]
+_FAMILY_MODULES = ["pipeline.convert.onnx_family", "pipeline.convert.tfjs", "pipeline.convert.tvm"]
 
 
 def all_prerequisites() -> dict[str, Prerequisite]:

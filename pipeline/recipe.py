@@ -79,7 +79,7 @@ class FileRef(_Strict):
 
 
 class Weights(FileRef):
-    # A trainer is called as trainer(out_path=..., **args) and must write a state dict there.
+    # A trainer is called as trainer(out_path=..., **args) and must write the weights / model file there.
     trainer: CallableRef | None = None
 
     @model_validator(mode="after")
@@ -101,7 +101,14 @@ class OnnxSource(FileRef):
     kind: Literal["onnx"]
 
 
-Source = Annotated[Union[PytorchSource, OnnxSource], Field(discriminator="kind")]
+class KerasSource(Weights):
+    """A Keras 3 model file (.keras): a file, a file inside a package, or a trainer that writes one."""
+
+    kind: Literal["keras"]
+    opset: int = Field(18, ge=13, le=21)  # for the ONNX route (tf2onnx)
+
+
+Source = Annotated[Union[PytorchSource, OnnxSource, KerasSource], Field(discriminator="kind")]
 
 
 class InputSpec(_Strict):

@@ -171,25 +171,32 @@ class SourceModel(RecipeTask):
 
     stage = "source"
 
-    def fingerprint(self):
+    def ref(self):
+        """The file reference of the source: PyTorch weights, the ONNX file or the Keras model."""
         src = self.recipe.source
-        fp = {"source": src.model_dump(mode="json")}
-        if getattr(src, "weights", None) is not None and src.weights.trainer is not None:
+        return src.weights if src.kind == "pytorch" else src
+
+    def fingerprint(self):
+        fp = {"source": self.recipe.source.model_dump(mode="json")}
+        ref = self.ref()
+        if getattr(ref, "trainer", None) is not None:
             return fp  # trained weights depend on the trainer spec only
-        ref = src.weights if src.kind == "pytorch" else src
         try:
             fp["content"] = content_hash(self.recipe.resolve_file(ref))
         except RecipeError as e:
             fp["missing"] = str(e)  # key stays computable; run() reports the problem
         return fp
 
+    TRAINED_FILE = {"pytorch": "weights.pt", "keras": "model.keras"}
+
     def work(self, out: Path) -> dict:
-        src = self.recipe.source
-        if src.kind == "pytorch" and src.weights.trainer is not None:
-            log.info("%s: training weights with %s", self.recipe.name, src.weights.trainer.function)
-            stats = src.weights.trainer.call(out_path=out / "weights.pt")
-            return {"file": "weights.pt", "sha256": sha256_file(out / "weights.pt"), "training": stats}
-        path = self.recipe.resolve_file(src.weights if src.kind == "pytorch" else src)
+        ref, kind = self.ref(), self.recipe.source.kind
+        if getattr(ref, "trainer", None) is not None:
+            log.info("%s: training with %s", self.recipe.name, ref.trainer.function)
+            name = self.TRAINED_FILE[kind]
+            stats = ref.trainer.call(out_path=out / name)
+            return {"file": name, "sha256": sha256_file(out / name), "training": stats}
+        path = self.recipe.resolve_file(ref)
         return {"path": str(path), "sha256": content_hash(path)}
 
     def file(self) -> Path:
@@ -282,6 +289,11 @@ class CanonicalOnnx(RecipeTask):
                     dyn[o.name] = {0: "batch"}
             conv.export_pytorch(model, example, dst, output_names=[o.name for o in r.outputs],
                                 dynamic_axes=dyn or None, opset=r.source.opset)
+        elif r.source.kind == "keras":
+            from pipeline.convert.tfjs import keras_to_onnx
+
+            keras_to_onnx(src_file, dst, opset=r.source.opset, input_names=[i.name for i in r.inputs],
+                          output_names=[o.name for o in r.outputs])
         else:
             conv.check_and_infer(src_file, dst, input_shapes={i.name: i.shape for i in r.inputs})
         import onnx
@@ -316,6 +328,12 @@ class NativeReference(RecipeTask):
         if r.source.kind == "pytorch":
             outs = pytorch_outputs(load_pytorch(r, src), inputs, [o.name for o in r.outputs], r.data.eval_batch)
             framework = "pytorch"
+        elif r.source.kind == "keras":
+            from pipeline.convert.tfjs import keras_outputs
+
+            outs = keras_outputs(src, inputs, r.data.eval_batch, [o.name for o in r.outputs],
+                                 [i.name for i in r.inputs])
+            framework = "keras"
         else:
             outs = ort_outputs(src, inputs, r.data.eval_batch)
             framework = "onnxruntime"

@@ -483,7 +483,7 @@ def _keras_run(model, inputs: dict[str, np.ndarray], input_names: list[str], out
         elif not isinstance(res, (list, tuple)):
             res = [res]
         for name, r in zip(output_names, res):
-            chunks[name].append(np.asarray(r))
+            chunks[name].append(r.numpy() if hasattr(r, "numpy") else np.asarray(r))
     return {k: np.concatenate(v, axis=0) for k, v in chunks.items()}
 
 

@@ -24,6 +24,7 @@
 #if __has_include(<tvm/ffi/string.h>)
 #include <tvm/ffi/container/array.h>
 #include <tvm/ffi/container/map.h>
+#include <tvm/ffi/dtype.h>
 #include <tvm/ffi/string.h>
 #define TVM_SUPPORT_SERIALIZER_HAS_FFI 1
 #endif

@@ -1,0 +1,209 @@
+// Apache TVM adapter on top of npm @mlc-ai/web-runtime (tvmjs). Same interface as ort.js:
+//   probe(backend) / load({files, backend, threads}) / run(feeds) / release() / env()
+//
+// Artifacts (pipeline/convert/tvm.py, compile_onnx) arrive entry first:
+//   model.wasm       the Relax VM executable + kernels linked with the TVM web runtime (emcc)
+//   tvm_meta.json    input/output names, compiled shapes and dtypes, parameter layout
+//   params.bin       (only for builds with separate weights) raw little-endian tensors, see meta.params
+//
+// Batches: modules are compiled with static shapes (batch as compiled, normally 1). A feed whose batch
+// differs from the compiled one is split into compiled-batch slices that run one after another; the
+// outputs are concatenated on axis 0. Rows are independent in inference models, so results are the same.
+
+const TVMJS_URL = '/tvmjs/index.js';  // UMD bundle: importing it defines globalThis.tvmjs
+
+const TYPED = {
+  float32: Float32Array, float64: Float64Array, float16: Uint16Array,
+  int8: Int8Array, uint8: Uint8Array, bool: Uint8Array,
+  int16: Int16Array, uint16: Uint16Array, int32: Int32Array, uint32: Uint32Array,
+  int64: BigInt64Array, uint64: BigUint64Array,
+};
+
+let tvmjs = null;
+let inst = null;       // tvmjs.Instance
+let dev = null;        // DLDevice the VM runs on
+let vm = null;
+let mainFn = null;
+let meta = null;
+let params = [];       // device tensors passed after the inputs (separate-weights builds)
+let backendUsed = null;
+let gpuInfo = null;
+
+async function importTvmjs() {
+  if (!globalThis.tvmjs) await import(TVMJS_URL);
+  if (!globalThis.tvmjs) throw new Error(`tvm: ${TVMJS_URL} did not define tvmjs`);
+  return globalThis.tvmjs;
+}
+
+export async function probe(backend) {
+  if (backend === 'webgpu') {
+    if (!navigator.gpu) return {available: false, features: [], info: {}, reason: 'navigator.gpu missing'};
+    const adapter = await navigator.gpu.requestAdapter();
+    if (!adapter) return {available: false, features: [], info: {}, reason: 'requestAdapter() returned null'};
+    const i = adapter.info || {};
+    return {
+      available: true,
+      features: [...adapter.features].sort(),
+      info: {vendor: i.vendor, architecture: i.architecture, device: i.device, description: i.description,
+             isFallbackAdapter: i.isFallbackAdapter},
+    };
+  }
+  if (backend === 'wasm') return {available: typeof WebAssembly === 'object', features: [], info: {}};
+  return {available: false, features: [], info: {}, reason: `tvm: unknown backend ${backend}`};
+}
+
+function byName(files, name) {
+  const f = files.find((x) => x.name === name);
+  return f ? f.data : null;
+}
+
+function bytesOf(typed) {
+  return new Uint8Array(typed.buffer, typed.byteOffset, typed.byteLength);
+}
+
+function toTyped(bytes, dtype) {
+  const Typed = TYPED[dtype];
+  if (!Typed) throw new Error(`tvm: unsupported dtype ${dtype}`);
+  // toRawBytes() returns a fresh copy; realign into its own buffer for the typed view.
+  const copy = new Uint8Array(bytes.byteLength);
+  copy.set(bytes);
+  return new Typed(copy.buffer);
+}
+
+export async function load({files, backend}) {
+  const [entry] = files;
+  const metaBuf = byName(files, 'tvm_meta.json');
+  if (!metaBuf) throw new Error('tvm: tvm_meta.json missing from the artifact');
+  meta = JSON.parse(new TextDecoder().decode(metaBuf));
+  if (meta.target !== backend) throw new Error(`tvm: module compiled for ${meta.target}, asked to run on ${backend}`);
+
+  tvmjs = await importTvmjs();
+  inst = await tvmjs.instantiate(entry.data, tvmjs.createPolyfillWASI(), (msg) => console.log(`[tvm] ${msg}`));
+  backendUsed = backend;
+  if (backend === 'webgpu') {
+    const gpu = await tvmjs.detectGPUDevice();
+    if (!gpu) throw new Error('tvm: detectGPUDevice() found no WebGPU device');
+    gpuInfo = gpu.adapterInfo ? {vendor: gpu.adapterInfo.vendor, architecture: gpu.adapterInfo.architecture} : {};
+    // initWebGPU logs uncaptured device errors with console.error: the harness counts them as failures.
+    inst.initWebGPU(gpu.device);
+    dev = inst.webgpu();
+    inst.beginScope();  // systemLib() returns a TVM object: it needs a scope
+    try {
+      await inst.asyncLoadWebGPUPipelines(inst.systemLib());
+    } finally {
+      inst.endScope();
+    }
+  } else {
+    dev = inst.cpu();
+  }
+
+  inst.beginScope();
+  try {
+    vm = inst.detachFromCurrentScope(inst.createVirtualMachine(dev));
+    mainFn = inst.detachFromCurrentScope(vm.getFunction('main'));
+    params = [];
+    if (meta.params && meta.params.length) {
+      const blob = byName(files, meta.params_file);
+      if (!blob) throw new Error(`tvm: weights file ${meta.params_file} missing from the artifact`);
+      for (const p of meta.params) {
+        const t = inst.empty(p.shape, p.dtype, dev);
+        t.copyFromRawBytes(new Uint8Array(blob, p.offset, p.nbytes));
+        params.push(inst.detachFromCurrentScope(t));
+      }
+    }
+  } finally {
+    inst.endScope();
+  }
+  if (backend === 'webgpu') await dev.sync();
+  return {info: {inputNames: meta.inputs.map((i) => i.name), outputNames: meta.outputs.map((o) => o.name),
+                 compiledBatch: meta.batch, weights: meta.weights}};
+}
+
+// One call of the compiled function on exactly the compiled shapes.
+async function runOnce(feeds) {
+  inst.beginScope();
+  try {
+    const args = meta.inputs.map((spec) => {
+      const f = feeds[spec.name];
+      if (!f) throw new Error(`tvm: missing input ${spec.name}`);
+      if (f.dtype !== spec.dtype) throw new Error(`tvm: input ${spec.name} is ${f.dtype}, compiled for ${spec.dtype}`);
+      const t = inst.empty(spec.shape, spec.dtype, dev);
+      t.copyFromRawBytes(bytesOf(f.data));
+      return t;
+    });
+    let ret = mainFn(...args, ...params);
+    const outs = meta.outputs.length === 1 && !(ret && typeof ret.size === 'function') ? [ret] : [];
+    if (!outs.length) for (let i = 0; i < ret.size(); i++) outs.push(ret.get(i));
+    if (outs.length !== meta.outputs.length) {
+      throw new Error(`tvm: main returned ${outs.length} outputs, expected ${meta.outputs.length}`);
+    }
+    const host = outs.map((t) => (backendUsed === 'webgpu' ? inst.empty(t.shape, t.dtype, inst.cpu()).copyFrom(t) : t));
+    if (backendUsed === 'webgpu') await dev.sync();
+    const result = {};
+    meta.outputs.forEach((spec, i) => {
+      result[spec.name] = {data: toTyped(host[i].toRawBytes(), host[i].dtype), dims: [...host[i].shape], dtype: host[i].dtype};
+    });
+    return result;
+  } finally {
+    inst.endScope();
+  }
+}
+
+function sliceFeed(f, start, count) {
+  const per = f.dims.slice(1).reduce((a, b) => a * b, 1);
+  return {data: f.data.subarray(start * per, (start + count) * per), dims: [count, ...f.dims.slice(1)], dtype: f.dtype};
+}
+
+function concatOutputs(parts) {
+  const out = {};
+  for (const name of Object.keys(parts[0])) {
+    const pieces = parts.map((p) => p[name]);
+    const total = pieces.reduce((a, p) => a + p.data.length, 0);
+    const data = new pieces[0].data.constructor(total);
+    let off = 0;
+    for (const p of pieces) { data.set(p.data, off); off += p.data.length; }
+    const dims = [pieces.reduce((a, p) => a + p.dims[0], 0), ...pieces[0].dims.slice(1)];
+    out[name] = {data, dims, dtype: pieces[0].dtype};
+  }
+  return out;
+}
+
+export async function run(feeds) {
+  const first = meta.inputs[0];
+  const n = feeds[first.name].dims[0];
+  const b = meta.batch;
+  if (n === b) return runOnce(feeds);
+  if (!b || n % b !== 0) throw new Error(`tvm: batch ${n} is not a multiple of the compiled batch ${b}`);
+  const parts = [];
+  for (let i = 0; i < n; i += b) {
+    const slice = {};
+    for (const [name, f] of Object.entries(feeds)) slice[name] = sliceFeed(f, i, b);
+    parts.push(await runOnce(slice));
+  }
+  return concatOutputs(parts);
+}
+
+export async function release() {
+  if (!inst) return;
+  for (const t of params) t.dispose();
+  params = [];
+  if (mainFn) mainFn.dispose();
+  if (vm) vm.dispose();
+  mainFn = vm = null;
+  if (backendUsed === 'webgpu') inst.deviceLostIsError = false;  // our own teardown is not an error
+  inst.dispose();
+  inst = null;
+}
+
+export function env() {
+  return {
+    runtime: 'tvm',
+    package: '@mlc-ai/web-runtime',
+    backend: backendUsed,
+    compiledBatch: meta ? meta.batch : null,
+    weights: meta ? meta.weights : null,
+    tvmVersion: meta ? meta.tvm_version : null,
+    gpu: gpuInfo,
+    wasmThreads: 1,  // the TVM web runtime is single-threaded
+  };
+}

@@ -1,0 +1,296 @@
+"""Apache TVM family: our runtime headers, the web runtime build, tiny models compiled for wasm / WebGPU and run in
+headless Chromium against onnxruntime, and the error for an op the Relax frontend lacks.
+
+The web runtime build (~3-6 min on 2 busy cores) is cached in artifacts/cache (or $TVM_WEB_RUNTIME_CACHE), shared
+with the pipeline: CI builds it once. Everything else stays under ~3 minutes.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+tvm = pytest.importorskip("tvm")
+
+from browser_validate.harness import MeasureRequest, close_browser, measure  # noqa: E402
+from pipeline.convert import tvm as tvmconv  # noqa: E402
+from pipeline.families import BuildInputs  # noqa: E402
+
+TOL = 1e-5
+N_SAMPLES = 6
+FAST_LINK = "-O1"  # skips binaryen wasm-opt: <1 s link instead of ~26 s (bigger module, same code paths)
+EVAL_BATCH = 4  # not the compiled batch (1): exercises tvm.js splitting a feed into compiled-batch slices
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _browser():
+    yield
+    close_browser()
+
+
+# --------------------------------------------------------------------------------------------- tiny models
+
+def _save(graph, path: Path, opset: int = 17) -> Path:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+def make_mlp(path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    w1, b1 = rng.standard_normal((16, 32)).astype(np.float32), rng.standard_normal(32).astype(np.float32)
+    w2, b2 = rng.standard_normal((32, 4)).astype(np.float32) * 0.2, rng.standard_normal(4).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W1"], ["h"]), helper.make_node("Add", ["h", "B1"], ["a"]),
+         helper.make_node("Relu", ["a"], ["r"]), helper.make_node("MatMul", ["r", "W2"], ["m"]),
+         helper.make_node("Add", ["m", "B2"], ["y"])],
+        "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        [numpy_helper.from_array(a, n) for a, n in ((w1, "W1"), (b1, "B1"), (w2, "W2"), (b2, "B2"))])
+    return _save(graph, path)
+
+
+def make_cnn(path: Path) -> Path:
+    """Conv + BatchNorm + Relu + MaxPool + global average pool + Gemm: a small image classifier."""
+    rng = np.random.default_rng(1)
+    init = {
+        "Wc": rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3,
+        "Bc": rng.standard_normal(8).astype(np.float32) * 0.1,
+        "scale": rng.uniform(0.5, 1.5, 8).astype(np.float32), "shift": rng.uniform(-0.2, 0.2, 8).astype(np.float32),
+        "mean": rng.uniform(-0.3, 0.3, 8).astype(np.float32), "var": rng.uniform(0.5, 2.0, 8).astype(np.float32),
+        "Wf": rng.standard_normal((5, 8)).astype(np.float32) * 0.5, "Bf": rng.standard_normal(5).astype(np.float32),
+    }
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["input", "Wc", "Bc"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("BatchNormalization", ["c", "scale", "shift", "mean", "var"], ["bn"]),
+         helper.make_node("Relu", ["bn"], ["r"]),
+         helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+         helper.make_node("GlobalAveragePool", ["p"], ["g"]),
+         helper.make_node("Flatten", ["g"], ["f"]),
+         helper.make_node("Gemm", ["f", "Wf", "Bf"], ["logits"], transB=1)],
+        "cnn", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 5])],
+        [numpy_helper.from_array(v, k) for k, v in init.items()])
+    return _save(graph, path)
+
+
+def make_unsupported(path: Path) -> Path:
+    """Celu: a standard ONNX op (opset 12) without a Relax frontend converter in TVM 0.27."""
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Celu", ["r"], ["y"], alpha=1.0)],
+        "celu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    return _save(graph, path)
+
+
+def ort_outputs(model: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, inputs)))
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, tuple[Path, dict[str, np.ndarray]]]:
+    d = tmp_path_factory.mktemp("tvm_models")
+    rng = np.random.default_rng(7)
+    return {
+        "mlp": (make_mlp(d / "mlp.onnx"), {"x": rng.standard_normal((N_SAMPLES, 16)).astype(np.float32)}),
+        "cnn": (make_cnn(d / "cnn.onnx"), {"input": rng.standard_normal((N_SAMPLES, 3, 16, 16)).astype(np.float32)}),
+    }
+
+
+# --------------------------------------------------------------------------------------------- headers
+
+@pytest.fixture(scope="module")
+def headers_check(tmp_path_factory) -> Path:
+    """Our headers compiled natively (g++) into a small checker (tvm_web/tests/headers_check.cc)."""
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if not cxx:
+        pytest.skip("no native C++ compiler (g++) for the header unit checks")
+    ffi = tvmconv._package_dir("tvm_ffi")
+    exe = tmp_path_factory.mktemp("hc") / "headers_check"
+    web = tvmconv.HEADERS_DIR
+    cmd = [cxx, "-O1", "-std=c++17", f"-I{web / 'include'}", f"-I{ffi / 'include'}",
+           str(web / "tests" / "headers_check.cc"), f"-L{ffi / 'lib'}", "-ltvm_ffi", f"-Wl,-rpath,{ffi / 'lib'}",
+           "-o", str(exe)]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return exe
+
+
+def test_serializer_reads_and_rewrites_tvm_param_blob(headers_check, tmp_path):
+    """Byte-for-byte compatibility with TVM's own writer (tvm.runtime.save_param_dict, compiled with TVM's
+    real serializer): parse with our Stream/Serializer, write back, compare."""
+    params = {"weight": np.arange(12, dtype=np.float32).reshape(3, 4) + 0.5,
+              "bias_with_a_longer_name": np.array([1, -2, 3], dtype=np.int64),
+              "half": np.ones((2, 2), dtype=np.float16), "empty": np.zeros((0, 3), dtype=np.float32)}
+    blob = bytes(tvm.runtime.save_param_dict({k: tvm.runtime.tensor(v) for k, v in params.items()}))
+    (tmp_path / "in.bin").write_bytes(blob)
+    p = subprocess.run([headers_check, "params", tmp_path / "in.bin", tmp_path / "out.bin"], capture_output=True,
+                       text=True)
+    assert p.returncode == 0, p.stderr
+    summary = json.loads(p.stdout)
+    got = {t["name"]: t for t in summary["tensors"]}
+    assert set(got) == set(params)
+    assert got["weight"]["shape"] == [3, 4] and got["weight"]["first"] == 0.5 and got["weight"]["bits"] == 32
+    assert got["bias_with_a_longer_name"]["code"] == 0 and got["bias_with_a_longer_name"]["bits"] == 64
+    assert got["half"]["bits"] == 16 and got["empty"]["nbytes"] == 0
+    assert (tmp_path / "out.bin").read_bytes() == blob
+
+
+def test_base64_matches_python(headers_check, tmp_path):
+    for n in (0, 1, 2, 3, 4, 5, 1000):
+        data = np.random.default_rng(n).integers(0, 256, n, dtype=np.uint8).tobytes()
+        (tmp_path / "in.bin").write_bytes(data)
+        p = subprocess.run([headers_check, "b64", tmp_path / "in.bin", tmp_path / "out.txt"], capture_output=True,
+                           text=True)
+        assert p.returncode == 0, p.stderr
+        assert (tmp_path / "out.txt").read_bytes() == base64.b64encode(data)
+
+
+def test_fp16_conversions_match_numpy(headers_check, tmp_path):
+    rng = np.random.default_rng(0)
+    x = np.concatenate([
+        rng.integers(0, 2**32, 100_000, dtype=np.uint64).astype(np.uint32).view(np.float32),  # every class
+        (rng.standard_normal(50_000) * np.exp(rng.uniform(-25, 12, 50_000))).astype(np.float32),  # near fp16 range
+        np.array([0.0, -0.0, 65504.0, 65520.0, 6.1e-5, 5.96e-8, 2.98e-8, np.inf, -np.inf], dtype=np.float32)])
+    x.tofile(tmp_path / "x.f32")
+    p = subprocess.run([headers_check, "fp16", tmp_path / "x.f32", tmp_path / "h.u16"], capture_output=True)
+    assert p.returncode == 0
+    h = np.fromfile(tmp_path / "h.u16", dtype=np.uint16)
+    with np.errstate(over="ignore"):
+        ref = x.astype(np.float16).view(np.uint16)
+    nan = np.isnan(x)
+    assert np.array_equal(h[~nan], ref[~nan])
+    assert np.isnan(h[nan].view(np.float16)).all()
+
+    p = subprocess.run([headers_check, "fp16ext", tmp_path / "e.f32"], capture_output=True)
+    assert p.returncode == 0
+    e = np.fromfile(tmp_path / "e.f32", dtype=np.float32)
+    ref = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)
+    nan = np.isnan(ref)
+    assert np.array_equal(e[~nan].view(np.uint32), ref[~nan].view(np.uint32)) and np.isnan(e[nan]).all()
+
+
+def test_containers_ring_buffer_arena(headers_check):
+    p = subprocess.run([headers_check, "containers"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "containers ok" in p.stdout
+
+
+# --------------------------------------------------------------------------------------------- runtime
+
+@pytest.fixture(scope="session")
+def runtime_dir() -> Path:
+    cache = Path(os.environ.get("TVM_WEB_RUNTIME_CACHE", ROOT / "artifacts" / "cache"))
+    return tvmconv.build_web_runtime(cache)
+
+
+def test_runtime_build_is_cached(runtime_dir):
+    assert runtime_dir.name == f"tvm-web-runtime-{tvmconv.tvm_version()}-{tvmconv.headers_hash()}"
+    manifest = json.loads((runtime_dir / "runtime.json").read_text())
+    assert manifest["tvm"] == tvmconv.tvm_version() and manifest["headers"] == tvmconv.headers_hash()
+    for name in tvmconv.RUNTIME_LIBS:
+        assert (runtime_dir / f"{name}.o").stat().st_size > 0
+    t0 = time.monotonic()
+    assert tvmconv.build_web_runtime(runtime_dir.parent) == runtime_dir
+    assert time.monotonic() - t0 < 1.0
+
+
+def test_missing_emcc_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(tvmconv.shutil, "which", lambda name: None)
+    with pytest.raises(tvmconv.ToolchainMissing, match="apt-get install emscripten"):
+        tvmconv.build_web_runtime(tmp_path / "empty-cache")
+
+
+# --------------------------------------------------------------------------------------------- browser
+
+def _measure(files: list[Path], backend: str, inputs: dict[str, np.ndarray]):
+    return measure(MeasureRequest(runtime="tvm", backend=backend, model_files=files, inputs=inputs,
+                                  eval_batch=EVAL_BATCH, warmup=1, runs=3 if backend == "webgpu" else 10,
+                                  timeout_s=180))
+
+
+def _check(res, model: Path, inputs):
+    assert res.status == "ok", f"{res.error} console={res.console_errors[:3]}"
+    assert not res.console_errors
+    ref = ort_outputs(model, inputs)
+    assert set(res.outputs) == set(ref)
+    for name, want in ref.items():
+        got = res.outputs[name]
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+@pytest.mark.parametrize("backend", ["wasm", "webgpu"])
+def test_browser_matches_onnxruntime(models, runtime_dir, tmp_path, name, backend):
+    model, inputs = models[name]
+    shapes = {k: [1, *v.shape[1:]] for k, v in inputs.items()}
+    files = tvmconv.compile_onnx(model, tmp_path / "out", target=backend, runtime_dir=runtime_dir,
+                                 input_shapes=shapes, link_opt=FAST_LINK)
+    assert [f.name for f in files] == ["model.wasm", "tvm_meta.json", "params.bin"]
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no staging left behind
+    res = _measure(files, backend, inputs)
+    _check(res, model, inputs)
+    assert res.env.get("compiledBatch") == 1
+
+
+def test_embedded_weights_and_variant_spec(models, runtime_dir, tmp_path):
+    """The VariantSpec path (prerequisite pointer file -> compile, default link) and embedded weights."""
+    model, inputs = models["cnn"]
+    specs = {s.name: s for s in tvmconv.variants()}
+    assert set(specs) == {"tvm_wasm", "tvm_webgpu"}
+    assert specs["tvm_wasm"].backends == ("wasm",) and specs["tvm_webgpu"].backends == ("webgpu",)
+    [prereq] = tvmconv.prerequisites()
+    assert prereq.fingerprint() == {"tvm": tvmconv.tvm_version(), "headers": tvmconv.headers_hash()}
+    info = prereq.build(BuildInputs(canonical_onnx=model, cache_dir=runtime_dir.parent), tmp_path / "prereq")
+    assert Path(info["runtime_dir"]) == runtime_dir.resolve()
+
+    recipe = SimpleNamespace(inputs=[SimpleNamespace(name="input", shape=["batch", 3, 16, 16])])
+    files = specs["tvm_wasm"].build(BuildInputs(canonical_onnx=model, recipe=recipe,
+                                                prerequisites={"tvm_web_runtime": tmp_path / "prereq"}),
+                                    tmp_path / "variant")
+    meta = json.loads(files[1].read_text())
+    assert meta["inputs"][0]["shape"] == [1, 3, 16, 16] and meta["weights"] == tvmconv._WEIGHTS_DECISION
+
+    _check(_measure(files, "wasm", inputs), model, inputs)
+
+    emb = tvmconv.compile_onnx(model, tmp_path / "emb", target="webgpu", runtime_dir=runtime_dir,
+                               input_shapes={"input": [1, 3, 16, 16]}, separate_weights=False, link_opt=FAST_LINK)
+    assert [f.name for f in emb] == ["model.wasm", "tvm_meta.json"]
+    assert json.loads(emb[1].read_text())["weights"] == "embedded"
+    _check(_measure(emb, "webgpu", inputs), model, inputs)
+
+
+def test_native_tvm_outputs(models):
+    model, inputs = models["cnn"]
+    got = tvmconv.tvm_outputs(model, {k: v[:2] for k, v in inputs.items()})
+    want = ort_outputs(model, {k: v[:2] for k, v in inputs.items()})
+    np.testing.assert_allclose(got["logits"], want["logits"], rtol=0, atol=TOL)
+
+
+def test_unsupported_op_is_named(runtime_dir, tmp_path):
+    model = make_unsupported(tmp_path / "celu.onnx")
+    with pytest.raises(tvmconv.UnsupportedOpError, match="Celu") as err:
+        tvmconv.compile_onnx(model, tmp_path / "out", target="wasm", runtime_dir=runtime_dir,
+                             input_shapes={"x": [1, 4]})
+    assert err.value.ops == ["Celu"]
+    assert not (tmp_path / "out" / "model.wasm").exists()
