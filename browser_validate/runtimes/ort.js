@@ -10,6 +10,8 @@
 
 // One bundle per backend, as a deployed app would import it: the wasm-only bundle is the
 // smallest; the webgpu bundle ("onnxruntime-web/webgpu") carries its own wasm build.
+import {probeBackend} from './probe.js';
+
 const BUNDLES = {
   wasm: '/ort/ort.wasm.min.mjs',
   webgpu: '/ort/ort.webgpu.min.mjs',
@@ -31,27 +33,8 @@ async function importOrt(backend) {
   return ort;
 }
 
-export async function probe(backend) {
-  if (backend === 'webgpu') {
-    if (!navigator.gpu) return {available: false, features: [], info: {}, reason: 'navigator.gpu missing'};
-    const adapter = await navigator.gpu.requestAdapter();
-    if (!adapter) return {available: false, features: [], info: {}, reason: 'requestAdapter() returned null'};
-    const i = adapter.info || {};
-    return {
-      available: true,
-      features: [...adapter.features].sort(),
-      info: {vendor: i.vendor, architecture: i.architecture, device: i.device, description: i.description,
-             isFallbackAdapter: i.isFallbackAdapter},
-    };
-  }
-  if (backend === 'wasm') {
-    return {available: typeof WebAssembly === 'object', features: [], info: {}};
-  }
-  if (backend === 'webgl') {
-    const gl = document.createElement('canvas').getContext('webgl2');
-    return {available: !!gl, features: [], info: gl ? {renderer: gl.getParameter(gl.RENDERER)} : {}};
-  }
-  return {available: false, features: [], info: {}, reason: `unknown backend ${backend}`};
+export function probe(backend) {
+  return probeBackend(backend, ['wasm', 'webgpu', 'webgl']);
 }
 
 export async function load({files, backend, threads}) {

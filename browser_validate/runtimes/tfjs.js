@@ -9,6 +9,8 @@
 // global `tf` (they work the same on the page and inside a module Worker): tfjs (core + converter + cpu +
 // webgl), then the wasm or webgpu backend, which attach to that global.
 
+import {probeBackend} from './probe.js';
+
 const BASE = '/tfjs/';
 const CORE = `${BASE}tfjs/dist/tf.es2017.min.js`;
 const BACKENDS = {
@@ -38,30 +40,8 @@ async function importTf(backend) {
   return tf;
 }
 
-export async function probe(backend) {
-  if (backend === 'webgpu') {
-    if (!navigator.gpu) return {available: false, features: [], info: {}, reason: 'navigator.gpu missing'};
-    const adapter = await navigator.gpu.requestAdapter();
-    if (!adapter) return {available: false, features: [], info: {}, reason: 'requestAdapter() returned null'};
-    const i = adapter.info || {};
-    return {
-      available: true,
-      features: [...adapter.features].sort(),
-      info: {vendor: i.vendor, architecture: i.architecture, device: i.device, description: i.description,
-             isFallbackAdapter: i.isFallbackAdapter},
-    };
-  }
-  if (backend === 'wasm') {
-    return {available: typeof WebAssembly === 'object', features: [], info: {crossOriginIsolated: self.crossOriginIsolated}};
-  }
-  if (backend === 'webgl') {
-    const canvas = typeof document !== 'undefined' ? document.createElement('canvas')
-      : (typeof OffscreenCanvas !== 'undefined' ? new OffscreenCanvas(1, 1) : null);
-    const gl = canvas && canvas.getContext('webgl2');
-    return {available: !!gl, features: [], info: gl ? {renderer: gl.getParameter(gl.RENDERER)} : {},
-            reason: gl ? undefined : 'no WebGL2 context'};
-  }
-  return {available: false, features: [], info: {}, reason: `unknown backend ${backend}`};
+export function probe(backend) {
+  return probeBackend(backend, ['wasm', 'webgpu', 'webgl']);
 }
 
 function byName(files) {

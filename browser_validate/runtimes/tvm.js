@@ -10,6 +10,8 @@
 // differs from the compiled one is split into compiled-batch slices that run one after another; the
 // outputs are concatenated on axis 0. Rows are independent in inference models, so results are the same.
 
+import {probeBackend} from './probe.js';
+
 const TVMJS_URL = '/tvmjs/index.js';  // UMD bundle: importing it defines globalThis.tvmjs
 
 const TYPED = {
@@ -35,21 +37,8 @@ async function importTvmjs() {
   return globalThis.tvmjs;
 }
 
-export async function probe(backend) {
-  if (backend === 'webgpu') {
-    if (!navigator.gpu) return {available: false, features: [], info: {}, reason: 'navigator.gpu missing'};
-    const adapter = await navigator.gpu.requestAdapter();
-    if (!adapter) return {available: false, features: [], info: {}, reason: 'requestAdapter() returned null'};
-    const i = adapter.info || {};
-    return {
-      available: true,
-      features: [...adapter.features].sort(),
-      info: {vendor: i.vendor, architecture: i.architecture, device: i.device, description: i.description,
-             isFallbackAdapter: i.isFallbackAdapter},
-    };
-  }
-  if (backend === 'wasm') return {available: typeof WebAssembly === 'object', features: [], info: {}};
-  return {available: false, features: [], info: {}, reason: `tvm: unknown backend ${backend}`};
+export function probe(backend) {
+  return probeBackend(backend, ['wasm', 'webgpu']);
 }
 
 function byName(files, name) {
