@@ -229,6 +229,23 @@ def test_int8_qdq_needs_matching_calibration(exported, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_int8_qdq_on_an_old_opset_model(tmp_path):
+    """Opset-11 files (e.g. Paddle exports) have no per-channel DequantizeLinear: converted up first."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 4))
+    x = torch.randn(16, 3, 8, 8)
+    old = tmp_path / "old.onnx"
+    torch.onnx.export(model.eval(), (x[:1],), str(old), input_names=["input"], output_names=["logits"],
+                      opset_version=11, dynamo=False, dynamic_axes={"input": {0: "b"}, "logits": {0: "b"}})
+    assert onnx.load(str(old)).opset_import[0].version == 11
+    conv.int8_qdq(old, tmp_path / "q.onnx", {"input": x.numpy()}, batch=4)
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    assert any(n.op_type == "DequantizeLinear" for n in q.graph.node)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    assert (_run(tmp_path / "q.onnx", x.numpy()).argmax(1) == ref.argmax(1)).mean() >= 0.75
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # failures: clear errors, nothing half-written
 # ----------------------------------------------------------------------------------------------------------------

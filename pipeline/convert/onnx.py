@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnx.version_converter
 
 log = logging.getLogger(__name__)
 
@@ -652,12 +653,15 @@ def int8_qdq(src: Path, dst: Path, calibration: dict[str, np.ndarray] | None, *,
     data = _validate_calibration(model, calibration, batch, src)
     with _scratch_dir(Path(dst)) as work, _staged_output(Path(dst)) as staged:
         pre = _preprocess_for_quant(Path(src), work, "int8_qdq")
+        # Per-channel QDQ needs DequantizeLinear's `axis` (opset >= 13). Older models (e.g. Paddle exports at
+        # opset 11) are converted up first; where that fails, per-tensor scales still work at their opset.
+        pre, per_channel = _at_least_opset13(pre, work)
         quantize_static(
             str(pre),
             str(staged),
             _StackedReader(data, batch),
             quant_format=QuantFormat.QDQ,
-            per_channel=True,
+            per_channel=per_channel,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
@@ -669,6 +673,23 @@ def int8_qdq(src: Path, dst: Path, calibration: dict[str, np.ndarray] | None, *,
             raise NotApplicable(f"int8_qdq: {src} has no op that static quantization handles")
         onnx.checker.check_model(str(staged))
         _ort_loads(staged, "int8_qdq")
+
+
+def _at_least_opset13(path: Path, work: Path) -> tuple[Path, bool]:
+    """(model path, per-channel possible): the model itself when its opset is >= 13, else a converted copy."""
+    model = onnx.load(str(path))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset >= 13:
+        return path, True
+    try:
+        up = onnx.version_converter.convert_version(model, 13)
+        onnx.checker.check_model(up)
+    except Exception as e:  # noqa: BLE001
+        log.warning("int8_qdq: opset %d -> 13 conversion failed (%s); using per-tensor scales", opset, e)
+        return path, False
+    out = work / "opset13.onnx"
+    onnx.save(up, str(out))
+    return out, True
 
 
 def _drop_output_qdq(model: onnx.ModelProto) -> int:
