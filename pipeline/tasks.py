@@ -647,6 +647,11 @@ class SelectAndPublish(RecipeTask):
                     "qoe": rec.get("qoe"),
                 },
                 "ship_in": rec["ship_mode"],
+                # Which runtime/variant came next and how far behind: "by how much" the winner won.
+                "runner_up": ({"runtime": d.ranking[1].runtime, "variant": d.ranking[1].variant,
+                               "median_ms": d.ranking[1].median_ms,
+                               "slower_by": d.ranking[1].median_ms / d.chosen.median_ms}
+                              if len(d.ranking) > 1 else None),
             }
         onnx_res = deps["onnx"].result()
         entry = {"description": r.description, "recipe": str(r.path), "build_key": self.key,

@@ -111,6 +111,8 @@ def test_build_all_end_to_end(tmp_path, extra_variants, capsys):
         assert m["peak_memory_bytes"] and m["peak_memory_bytes"] > 0
         assert e["ship_in"]["mode"] in ("main", "worker") and e["ship_in"]["reason"]
         assert m["qoe"]["worker"]["fps"] > 0
+        ru = e["runner_up"]
+        assert ru["variant"] != e["variant"] and ru["slower_by"] == pytest.approx(ru["median_ms"] / m["latency_ms"]["median"])
         f = e["files"][0]
         assert (art / "registry" / f["path"]).stat().st_size == f["bytes"] == m["download_bytes"]
 
