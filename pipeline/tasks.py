@@ -76,9 +76,10 @@ def _recipe(path: str, mtime_ns: int) -> Recipe:
 
 
 class StageFailed(Exception):
-    def __init__(self, stage: str, cause: str, retry: bool = False, status: str = "failed"):
+    def __init__(self, stage: str, cause: str, retry: bool = False, status: str = "failed", details=None):
         super().__init__(f"{stage}: {cause}")
         self.stage, self.cause, self.retry, self.status = stage, cause, retry, status
+        self.details = details or {}  # e.g. the browser's console and environment, kept in the result
 
 
 def _short(e: BaseException) -> str:
@@ -148,7 +149,7 @@ class RecipeTask(luigi.Task):
                                       first.get("retry", False), first["status"])
                 res = {"status": "ok", **self.work(tmp)}
             except StageFailed as e:
-                res = {"status": e.status, "stage": e.stage, "error": e.cause, "retry": e.retry}
+                res = {**e.details, "status": e.status, "stage": e.stage, "error": e.cause, "retry": e.retry}
             except RecipeError as e:  # environment or file problems: worth retrying once fixed
                 res = {"status": "failed", "stage": self.stage, "error": str(e), "retry": True}
             except Exception as e:
@@ -444,35 +445,50 @@ class BuildVariant(RecipeTask):
 
 
 class NativeRun(RecipeTask):
-    """The variant in onnxruntime (Python, CPU, 1 thread): accuracy vs the source model and paired native latency."""
+    """The native side of the pair. ONNX variants: the variant itself in onnxruntime (Python, CPU, 1 thread),
+    with its accuracy against the source model. Variants with no native runner (TF.js, TVM web modules): the
+    canonical model they were made from, in the same onnxruntime, so browser/native ratios stay comparable."""
 
     variant = luigi.Parameter()
     stage = "native"
     resources = {"timing": 1}  # timed tasks never overlap: on 2 cores they would skew each other
 
+    def runs_variant(self) -> bool:
+        return variant_spec(self.variant).native == "ort"
+
     def requires(self):
-        return {"variant": BuildVariant(self.recipe_path, self.artifacts_dir, variant=self.variant),
-                "data": EvalData(self.recipe_path, self.artifacts_dir),
+        deps = {"data": EvalData(self.recipe_path, self.artifacts_dir),
                 "reference": NativeReference(self.recipe_path, self.artifacts_dir)}
+        if self.runs_variant():
+            deps["variant"] = BuildVariant(self.recipe_path, self.artifacts_dir, variant=self.variant)
+        else:
+            deps["onnx"] = CanonicalOnnx(self.recipe_path, self.artifacts_dir)
+        return deps
 
     def fingerprint(self):
-        return {"runs": NATIVE_RUNS, "threads": 1, "toolchain": python_toolchain()}
+        return {"runs": NATIVE_RUNS, "threads": 1, "toolchain": python_toolchain(), "of_variant": self.runs_variant()}
 
     def folder_name(self):
         return f"Native-{self.variant}"
 
     def work(self, out: Path) -> dict:
-        from pipeline.metrics import compare, latency_stats, ship_mode
+        from pipeline.metrics import compare, latency_stats
         from pipeline.reference import ort_latency, ort_outputs
 
-        r = self.recipe
-        model = self.requires()["variant"].files()[0]
-        inputs, labels = self.requires()["data"].load()
-        outs = ort_outputs(model, inputs, r.data.eval_batch)
-        acc = compare(outs, self.requires()["reference"].load(), r.outputs, labels)
+        r, deps = self.recipe, self.requires()
+        inputs, labels = deps["data"].load()
+        res = {"threads": 1}
+        if self.runs_variant():
+            model = deps["variant"].files()[0]
+            outs = ort_outputs(model, inputs, r.data.eval_batch)
+            res["accuracy"] = compare(outs, deps["reference"].load(), r.outputs, labels)
+            res["measured"] = f"{self.variant} in onnxruntime"
+        else:
+            model = deps["onnx"].out_dir / "model.onnx"
+            res["measured"] = "canonical fp32 ONNX in onnxruntime (this variant has no native runner)"
         lat = ort_latency(model, {k: v[:1] for k, v in inputs.items()}, warmup=5, runs=NATIVE_RUNS)
-        return {"accuracy": acc, "latency_ms": latency_stats(lat["latency_ms"]), "latency_runs": lat["latency_ms"],
-                "session_ms": lat["session_ms"], "first_inference_ms": lat["first_inference_ms"], "threads": 1}
+        return {**res, "latency_ms": latency_stats(lat["latency_ms"]), "latency_runs": lat["latency_ms"],
+                "session_ms": lat["session_ms"], "first_inference_ms": lat["first_inference_ms"]}
 
 
 class BrowserMeasure(RecipeTask):
@@ -524,12 +540,14 @@ class BrowserMeasure(RecipeTask):
         res = measure(req, on_stage=progress)
         record = res.to_json()
         if res.status == "unsupported":
-            raise StageFailed("unsupported", res.error or "unsupported on this browser", status="unsupported")
+            raise StageFailed("unsupported", res.error or "unsupported on this browser", status="unsupported",
+                              details={"env": record.get("env")})
         if res.status != "ok":
             # A crash may be the machine's fault: retried by the next build. A timeout is kept (the model is too
             # slow for the budgeted time; raise measure.<backend>.timeout_s to retry it).
             retry = "crash" in (res.error or "").lower()
-            raise StageFailed("browser", res.error or "failed", retry=retry)
+            raise StageFailed("browser", res.error or "failed", retry=retry,
+                              details={k: record.get(k) for k in ("env", "console_errors")})
         np.savez(out / "outputs.npz", **res.outputs)
         acc = compare(res.outputs, reference, r.outputs, labels)
         cold = {"download_ms": res.download_ms, "session_ms": res.session_ms,
@@ -634,8 +652,9 @@ class SelectAndPublish(RecipeTask):
                 "files": rec["files"],
                 "metrics": {
                     "latency_ms": {k: rec["latency"][k] for k in ("median", "p90", "iqr")},
-                    "native_latency_ms": {k: nat["latency_ms"][k] for k in ("median", "p90", "iqr")}
-                    if nat["status"] == "ok" else {"median": None},
+                    "native_latency_ms": ({k: nat["latency_ms"][k] for k in ("median", "p90", "iqr")}
+                                          | {"measured": nat.get("measured")})
+                    if nat["status"] == "ok" else {"median": None, "error": nat.get("error")},
                     "cold_start_ms": rec["cold_start_ms"],
                     "session_ms": rec["session_ms"], "first_inference_ms": rec["first_inference_ms"],
                     "download_bytes": rec["download_bytes"],
@@ -663,7 +682,7 @@ class SelectAndPublish(RecipeTask):
                                  "chosen": d.chosen.variant if d.chosen else None,
                                  "ranking": [c.variant for c in d.ranking]} for d in decisions],
                   "candidates": candidate_rows(candidates),
-                  "native": {v: {k: n.get(k) for k in ("status", "error", "latency_ms", "accuracy", "stage")}
+                  "native": {v: {k: n.get(k) for k in ("status", "error", "latency_ms", "accuracy", "stage", "measured")}
                              for v, n in native.items()}}
         publish(self.registry(), r.name, r.version, entry, report)
         return {"targets": {t: {k: v[k] for k in ("status", "variant", "runtime", "reason")}

@@ -59,7 +59,9 @@ def extra_variants(monkeypatch):
     def all_variants():
         v = dict(real())
         for name, fn in [("corrupt_weights", _corrupt), ("fails_to_build", _fails), ("truncated", _truncated)]:
-            v[name] = VariantSpec(family="test", name=name, runtime="ort", backends=("wasm", "webgpu"), build=fn)
+            # "truncated" stands for a family without a native runner (like TF.js / TVM web modules).
+            v[name] = VariantSpec(family="test", name=name, runtime="ort", backends=("wasm", "webgpu"), build=fn,
+                                  native=None if name == "truncated" else "ort")
         return v
 
     monkeypatch.setattr(families, "all_variants", all_variants)
@@ -122,6 +124,7 @@ def test_build_all_end_to_end(tmp_path, extra_variants, capsys):
     assert corrupt["status"] == "ok" and not corrupt["eligible"]
     assert any("max abs error" in r for r in corrupt["reasons"])
     assert rows[("fails_to_build", "wasm")]["reasons"] == ["convert: RuntimeError: converter exploded on purpose"]
+    assert report["native"]["truncated"]["status"] == "ok"  # paired against the canonical model
     trunc = rows[("truncated", "webgpu")]
     assert trunc["status"] == "failed" and "browser" in trunc["reasons"][0]
     page = (art / "report" / "index.html").read_text()
