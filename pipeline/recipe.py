@@ -175,7 +175,7 @@ class BackendMeasure(_Strict):
     # event-loop lag and input delay are recorded. [] skips it.
     qoe_modes: list[Literal["main", "worker"]] = Field(default_factory=lambda: ["main", "worker"])
     qoe_duration_ms: float = Field(3000, ge=200, le=60000)
-    # Evaluate accuracy on the first N samples only on this backend (None: all). For software WebGPU,
+    # Evaluate accuracy on N evenly spaced samples only on this backend (None: all). For software WebGPU,
     # where 10k images would take hours; the report states how many samples each number rests on.
     max_eval_samples: int | None = Field(None, ge=1)
     # Download the model again under this emulated network: the cold start a user on it would see.

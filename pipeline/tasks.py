@@ -491,6 +491,14 @@ class NativeRun(RecipeTask):
                 "session_ms": lat["session_ms"], "first_inference_ms": lat["first_inference_ms"]}
 
 
+def eval_subset(n: int, cap: int) -> np.ndarray:
+    """Evenly spaced sample indices: a capped evaluation still covers the whole set (every photo, every class),
+    not just its first entries."""
+    if cap >= n:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, cap).round().astype(int))
+
+
 class BrowserMeasure(RecipeTask):
     """The variant in headless Chromium on one backend: outputs for every sample, timings, memory, bytes."""
 
@@ -506,7 +514,8 @@ class BrowserMeasure(RecipeTask):
 
     def fingerprint(self):
         return {"backend": self.backend, "measure": self.recipe.measure[self.backend].model_dump(mode="json"),
-                "eval_batch": self.recipe.data.eval_batch, "browser": browser_toolchain()}
+                "eval_batch": self.recipe.data.eval_batch, "browser": browser_toolchain(),
+                "subset": "even" if self.recipe.measure[self.backend].max_eval_samples else None}
 
     def folder_name(self):
         return f"Browser-{self.variant}-{self.backend}"
@@ -520,9 +529,10 @@ class BrowserMeasure(RecipeTask):
         inputs, labels = self.requires()["data"].load()
         reference = self.requires()["reference"].load()
         if m.max_eval_samples:
-            n = m.max_eval_samples
-            inputs, reference = {k: v[:n] for k, v in inputs.items()}, {k: v[:n] for k, v in reference.items()}
-            labels = labels[:n] if labels is not None else None
+            idx = eval_subset(len(labels) if labels is not None else len(next(iter(inputs.values()))),
+                              m.max_eval_samples)
+            inputs, reference = {k: v[idx] for k, v in inputs.items()}, {k: v[idx] for k, v in reference.items()}
+            labels = labels[idx] if labels is not None else None
         req = MeasureRequest(runtime=spec.runtime, backend=self.backend, model_files=self.requires()["variant"].files(),
                              inputs=inputs, eval_batch=r.data.eval_batch, warmup=m.warmup, runs=m.runs,
                              threads=m.threads, timeout_s=m.timeout_s, qoe_modes=list(m.qoe_modes),

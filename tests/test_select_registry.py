@@ -153,3 +153,12 @@ def test_noisy_timing_is_flagged():
     c = cand("a", median=1.0)
     c.record = {"latency": latency_stats([1, 1, 1])}
     assert "[timing noisy: only 3 runs]" in select("wasm", [c]).reason
+
+
+def test_capped_evaluation_covers_the_whole_set():
+    from pipeline.tasks import eval_subset
+
+    idx = eval_subset(56, 16)
+    assert len(idx) == 16 and idx[0] == 0 and idx[-1] == 55
+    assert len({i // 7 for i in idx}) == 8  # 8 photos x 7 views: every photo is represented
+    assert list(eval_subset(5, 10)) == [0, 1, 2, 3, 4]
