@@ -8,7 +8,6 @@ Input ``[N, 1, 28, 28]`` float32 normalised by :func:`model_sources.datasets.fas
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch
 from torch import nn
 
 from .datasets import fashion_mnist
+from .training import atomic_output, training_stats
 
 __all__ = ["INPUT_SHAPE", "FashionCNN", "build", "train", "load", "evaluate"]
 
@@ -62,21 +62,11 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 1
 
 
 def _atomic_save(state: dict, out_path: Path) -> None:
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    with atomic_output(out_path) as tmp:
+        with open(tmp, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; make it a normal artifact file
-        os.replace(tmp, out_path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def train(out_path: str | Path, epochs: int = 1, seed: int = 0, limit: int | None = None, *,
@@ -133,13 +123,6 @@ def train(out_path: str | Path, epochs: int = 1, seed: int = 0, limit: int | Non
         _atomic_save(model.state_dict(), out_path)
     finally:
         torch.set_num_threads(prev_threads)
-    return {
-        "final_loss": round(final_loss, 6),
-        "test_accuracy": round(test_acc, 6),
-        "train_samples": int(len(y)),
-        "test_samples": int(len(test_set.labels)),
-        "epochs": epochs,
-        "seed": seed,
-        "seconds": round(seconds, 3),
-        "path": str(out_path),
-    }
+    return training_stats(final_loss=final_loss, test_accuracy=test_acc, train_samples=len(y),
+                          test_samples=len(test_set.labels), epochs=epochs, seed=seed, seconds=seconds,
+                          out_path=out_path)

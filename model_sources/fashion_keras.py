@@ -18,6 +18,7 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # see pipeline/convert/tfjs
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from .datasets import fashion_mnist  # noqa: E402
+from .training import atomic_output, training_stats  # noqa: E402
 
 __all__ = ["INPUT_SHAPE", "INPUT_NAME", "OUTPUT_NAME", "build", "train", "load", "evaluate"]
 
@@ -112,26 +113,8 @@ def train(out_path: str | Path, epochs: int = 1, seed: int = 0, limit: int | Non
     test_acc = evaluate(model, test_set.inputs["input"], test_set.labels)
     seconds = time.perf_counter() - t0
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp.keras", dir=out_path.parent)
-    os.close(fd)
-    try:
-        model.save(tmp, overwrite=True)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out_path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return {
-        "final_loss": round(final_loss, 6),
-        "test_accuracy": round(test_acc, 6),
-        "train_samples": int(len(y)),
-        "test_samples": int(len(test_set.labels)),
-        "epochs": epochs,
-        "seed": seed,
-        "seconds": round(seconds, 3),
-        "path": str(out_path),
-    }
+    with atomic_output(out_path, suffix=".tmp.keras") as tmp:
+        model.save(str(tmp), overwrite=True)
+    return training_stats(final_loss=final_loss, test_accuracy=test_acc, train_samples=len(y),
+                          test_samples=len(test_set.labels), epochs=epochs, seed=seed, seconds=seconds,
+                          out_path=out_path)
