@@ -515,7 +515,7 @@ class BrowserMeasure(RecipeTask):
     def fingerprint(self):
         return {"backend": self.backend, "measure": self.recipe.measure[self.backend].model_dump(mode="json"),
                 "eval_batch": self.recipe.data.eval_batch, "browser": browser_toolchain(),
-                "subset": "even" if self.recipe.measure[self.backend].max_eval_samples else None}
+                **({"subset": "even"} if self.recipe.measure[self.backend].max_eval_samples else {})}
 
     def folder_name(self):
         return f"Browser-{self.variant}-{self.backend}"
