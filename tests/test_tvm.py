@@ -25,7 +25,7 @@ from onnx import TensorProto, helper, numpy_helper
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-tvm = pytest.importorskip("tvm")
+import tvm  # noqa: E402  (setup installs it: a missing TVM is a failure, not a skip)
 
 from browser_validate.harness import MeasureRequest, close_browser, measure  # noqa: E402
 from pipeline.convert import tvm as tvmconv  # noqa: E402
@@ -294,3 +294,29 @@ def test_unsupported_op_is_named(runtime_dir, tmp_path):
                              input_shapes={"x": [1, 4]})
     assert err.value.ops == ["Celu"]
     assert not (tmp_path / "out" / "model.wasm").exists()
+
+
+def test_dynamic_batch_reshape_is_folded_for_static_compile(tmp_path):
+    """Exporters compute Reshape targets from Shape() for a dynamic batch; the static-shape compile folds them."""
+    import torch
+
+    from pipeline.convert import onnx as conv
+
+    class Flat(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 4, 3)
+            self.fc = torch.nn.Linear(4 * 6 * 6, 3)
+
+        def forward(self, x):
+            y = torch.relu(self.conv(x))
+            return self.fc(y.reshape(y.shape[0], -1))
+
+    torch.manual_seed(0)
+    x = np.random.default_rng(0).standard_normal((1, 1, 8, 8)).astype(np.float32)
+    src = tmp_path / "flat.onnx"
+    conv.export_pytorch(Flat().eval(), {"input": x}, src, output_names=["logits"],
+                        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    got = tvmconv.tvm_outputs(src, {"input": x})
+    ref = ort.InferenceSession(str(src)).run(None, {"input": x})[0]
+    assert np.abs(next(iter(got.values())) - ref).max() < 1e-5

@@ -18,6 +18,8 @@ compiled to wasm objects (not bitcode): linking bitcode made every model link re
 """
 from __future__ import annotations
 
+import logging
+
 import contextlib
 import fcntl
 import hashlib
@@ -65,6 +67,8 @@ DEFAULT_LINK_OPT = "-O2"
 EMCC_LDFLAGS = ["-std=c++17", "--no-entry", "-s", "WASM_BIGINT=1", "-s", "ERROR_ON_UNDEFINED_SYMBOLS=0",
                 "-s", "STANDALONE_WASM=1", "-s", "ALLOW_MEMORY_GROWTH=1", "-s", "TOTAL_MEMORY=160MB"]
 
+
+log = logging.getLogger(__name__)
 
 class TVMError(RuntimeError):
     """A TVM build step failed; the message names the step and the cause."""
@@ -247,6 +251,20 @@ def unsupported_ops(model) -> list[str]:
     return sorted(seen)
 
 
+def _fold_static_shapes(model, input_shapes: dict[str, list[int]]):
+    """The module is compiled for static shapes; with them fixed, onnxsim folds the Shape -> Concat -> Reshape
+    chains exporters emit for a dynamic batch, which the Relax frontend cannot import ("Reshape requires the
+    input new shape to be Shape")."""
+    import onnxsim
+
+    try:
+        folded, ok = onnxsim.simplify(model, overwrite_input_shapes={k: list(v) for k, v in input_shapes.items()})
+    except Exception as e:  # noqa: BLE001  (keep the original graph; the frontend gives its own error)
+        log.warning("tvm: constant folding with static shapes failed (%s); importing the graph as is", e)
+        return model
+    return folded if ok else model
+
+
 def _import_relax(onnx_path: Path, input_shapes: dict[str, list[int]], keep_params: bool):
     import onnx
     import tvm
@@ -262,6 +280,7 @@ def _import_relax(onnx_path: Path, input_shapes: dict[str, list[int]], keep_para
             raise TVMError(f"no static shape given for input {spec['name']!r} of {onnx_path}")
         if any((not isinstance(d, int)) or d <= 0 for d in input_shapes[spec["name"]]):
             raise TVMError(f"input {spec['name']!r}: static positive dims required, got {input_shapes[spec['name']]}")
+    model = _fold_static_shapes(model, input_shapes)
     try:
         mod = from_onnx(model, shape_dict={k: list(v) for k, v in input_shapes.items()},
                         dtype_dict={s["name"]: s["dtype"] for s in inputs}, keep_params_in_input=keep_params)
