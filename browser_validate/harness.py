@@ -474,7 +474,7 @@ def _download_under_profile(context, page, profile: dict, timeout_ms: float) -> 
         cdp.send("Network.emulateNetworkConditions", {
             "offline": False, "latency": float(profile.get("latency_ms", 0)),
             "downloadThroughput": float(profile["download_kbps"]) * 1000 / 8,
-            "uploadThroughput": float(profile.get("upload_kbps", profile["download_kbps"])) * 1000 / 8})
+            "uploadThroughput": float(profile.get("upload_kbps") or profile["download_kbps"]) * 1000 / 8})
         page.set_default_timeout(timeout_ms)
         ms = page.evaluate("() => window.timeDownload()")
         return {"profile": profile, "ms": ms}

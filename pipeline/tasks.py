@@ -29,6 +29,7 @@ log = logging.getLogger("luigi-interface")
 CACHE_EPOCH = "2"  # bump to invalidate every cached result after a change of our own converting/measuring code
 _WRITTEN_HERE: set[str] = set()  # results this process wrote: complete even when they are retryable failures
 NATIVE_RUNS = 30
+BROWSER_METHOD = "2"  # bump when the measuring page/harness changes what a browser measurement means
 
 
 @functools.lru_cache(maxsize=None)
@@ -513,7 +514,8 @@ class BrowserMeasure(RecipeTask):
                 "reference": NativeReference(self.recipe_path, self.artifacts_dir)}
 
     def fingerprint(self):
-        return {"backend": self.backend, "measure": self.recipe.measure[self.backend].model_dump(mode="json"),
+        return {"backend": self.backend, "method": BROWSER_METHOD,
+                "measure": self.recipe.measure[self.backend].model_dump(mode="json"),
                 "eval_batch": self.recipe.data.eval_batch, "browser": browser_toolchain(),
                 **({"subset": "even"} if self.recipe.measure[self.backend].max_eval_samples else {})}
 

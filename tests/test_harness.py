@@ -259,11 +259,13 @@ def test_qoe_main_thread_and_worker(tiny_model, samples, backend):
 
 
 def test_memory_views_and_network_profile(tiny_model, samples):
-    profile = {"name": "slow", "download_kbps": 400, "latency_ms": 300}
+    # As the recipe schema hands it over: upload_kbps present but None (falls back to the download rate).
+    profile = {"name": "slow", "download_kbps": 400, "upload_kbps": None, "latency_ms": 300}
     res = measure(MeasureRequest(runtime="ort", backend="webgpu", model_files=[tiny_model], inputs=samples,
                                  runs=2, warmup=1, timeout_s=120, network_profile=profile))
     assert res.status == "ok", res.error
     assert res.gpu_process_peak_bytes is not None and res.gpu_process_peak_bytes >= 0
     assert res.page_memory_bytes is None or res.page_memory_bytes > 0
     # At least one round trip of emulated latency, and far slower than the unthrottled download.
+    assert "error" not in res.network_download, res.network_download
     assert res.network_download["ms"] >= 300 and res.network_download["ms"] > res.download_ms

@@ -25,7 +25,8 @@ RECIPE = {
     "budget": {"min_top1_agreement": 0.9, "max_abs_error": 0.05},
     "targets": ["wasm", "webgpu"],
     "variants": ["fp32", "int8_dynamic", "corrupt_weights", "fails_to_build", "truncated"],
-    "measure": {"wasm": {"runs": 5, "warmup": 1, "qoe_duration_ms": 500},
+    "measure": {"wasm": {"runs": 5, "warmup": 1, "qoe_duration_ms": 500,
+                         "network_profile": {"name": "lan", "download_kbps": 100000, "latency_ms": 5}},
                 "webgpu": {"runs": 2, "warmup": 1, "timeout_s": 120, "qoe_modes": ["worker"], "qoe_duration_ms": 500}},
 }
 
@@ -113,6 +114,8 @@ def test_build_all_end_to_end(tmp_path, extra_variants, capsys):
         assert m["peak_memory_bytes"] and m["peak_memory_bytes"] > 0
         assert e["ship_in"]["mode"] in ("main", "worker") and e["ship_in"]["reason"]
         assert m["qoe"]["worker"]["fps"] > 0
+        if t == "wasm":  # the download again under the recipe's emulated network
+            assert m["cold_start"]["download_ms_lan"] >= 5
         ru = e["runner_up"]
         assert ru["variant"] != e["variant"] and ru["slower_by"] == pytest.approx(ru["median_ms"] / m["latency_ms"]["median"])
         f = e["files"][0]
