@@ -384,11 +384,9 @@ def onnx_to_saved_model(onnx_path: str | Path, out_dir: str | Path, *, keep_nchw
         if verify and all(s["kept_shape"] for s in io["inputs"]):
             example = _example_inputs(io["inputs"])
             if example is not None:
-                import onnxruntime as ort
+                from pipeline.reference import ort_session
 
-                so = ort.SessionOptions()
-                so.intra_op_num_threads = 1
-                sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+                sess = ort_session(Path(onnx_path), threads=1)
                 ref = dict(zip(onnx_outputs, sess.run(onnx_outputs, example)))
                 io["verify_max_abs_error"] = _verify(sm, example, ref, "onnx2tf verify")
                 _write_json(sm / IO_FILE, io)
