@@ -346,6 +346,7 @@ def _run_page(req: MeasureRequest, origin: str, job_prefix: str, on_stage=None) 
     console: list[str] = []
     console_errors: list[str] = []
     stage = {"name": "launch", "crashed": False, "done": False}
+    stage_log: list[tuple[str, float]] = [("launch", time.monotonic())]  # (stage, entered at): for timeouts
     context = None
     sampler = None
     hung = False
@@ -358,6 +359,7 @@ def _run_page(req: MeasureRequest, origin: str, job_prefix: str, on_stage=None) 
         text = ANSI_ESCAPE.sub("", msg.text)
         if text.startswith("[bench] stage "):
             stage["name"] = text.split()[-1]
+            stage_log.append((stage["name"], time.monotonic()))
             return
         if text == DONE_MESSAGE:
             stage["done"] = True
@@ -443,7 +445,7 @@ def _run_page(req: MeasureRequest, origin: str, job_prefix: str, on_stage=None) 
     except PwTimeout:
         hung = True
         result.status = "failed"
-        result.error = f"timeout after {req.timeout_s:g}s in stage {stage['name']}"
+        result.error = f"timeout after {req.timeout_s:g}s in stage {stage['name']} ({_stage_durations(stage_log)})"
     except PwError as e:
         result.status = "failed"
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -463,6 +465,17 @@ def _run_page(req: MeasureRequest, origin: str, job_prefix: str, on_stage=None) 
         result.env = {**result.env, "memory_metric": "renderer_rss", "memory_pids": len(page_renderers), "console": console[-50:]}
         _close_context(context, page_renderers, hung=hung)
     return result
+
+
+def _stage_durations(stage_log: list[tuple[str, float]]) -> str:
+    """'session 2.1s, first 61.0s, eval >1100s': where a timed-out measurement spent its time."""
+    now = time.monotonic()
+    parts = []
+    for i, (name, t0) in enumerate(stage_log):
+        last = i == len(stage_log) - 1
+        t1 = now if last else stage_log[i + 1][1]
+        parts.append(f"{name} {'>' if last else ''}{t1 - t0:.1f}s")
+    return ", ".join(parts)
 
 
 def _download_under_profile(context, page, profile: dict, timeout_ms: float) -> dict:

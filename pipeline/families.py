@@ -6,7 +6,10 @@ Adding a family (TF.js, TVM, ...) is adding a module under pipeline/convert/ tha
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -53,6 +56,36 @@ class VariantSpec:
 
 
 _FAMILY_MODULES = ["pipeline.convert.onnx_family", "pipeline.convert.tfjs", "pipeline.convert.tvm"]
+
+
+@functools.lru_cache(maxsize=None)
+def family_code_hash(mod_name: str) -> str:
+    """Hash of a family module's source and of the modules of its package it imports at top level (e.g.
+    convert/onnx.py for onnx_family): part of the build keys, so a change of our own converting code rebuilds its
+    variants (imports inside functions are not seen: keep a family's helpers imported at top level)."""
+    mod = importlib.import_module(mod_name)
+    package = mod_name.split(".")[0] + "."
+    files = {Path(mod.__file__)}
+    for value in vars(mod).values():
+        name = value.__name__ if isinstance(value, types.ModuleType) else getattr(value, "__module__", None)
+        if isinstance(name, str) and name.startswith(package):
+            dep = importlib.import_module(name)
+            if getattr(dep, "__file__", None):
+                files.add(Path(dep.__file__))
+    h = hashlib.sha256()
+    for f in sorted(files):
+        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def family_module(spec_or_prereq_name: str) -> str:
+    """The module that defines a variant or prerequisite name."""
+    for mod_name in _FAMILY_MODULES:
+        mod = importlib.import_module(mod_name)
+        names = [s.name for s in mod.variants()] + [p.name for p in getattr(mod, "prerequisites", lambda: [])()]
+        if spec_or_prereq_name in names:
+            return mod_name
+    raise KeyError(spec_or_prereq_name)
 
 
 def all_prerequisites() -> dict[str, Prerequisite]:

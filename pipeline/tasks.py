@@ -72,6 +72,19 @@ def browser_toolchain() -> dict[str, str]:
 
 
 @functools.lru_cache(maxsize=None)
+def browser_code_hash(runtime: str) -> str:
+    """Our measuring code for one runtime: harness, server, page, the runtime's adapter (+ shared probe)."""
+    root = Path(__file__).resolve().parents[1] / "browser_validate"
+    files = [root / "harness.py", root / "server.py", *sorted((root / "page").glob("*.js")),
+             root / "runtimes" / f"{runtime}.js", root / "runtimes" / "probe.js"]
+    h = hashlib.sha256()
+    for f in files:
+        if f.exists():
+            h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=None)
 def _recipe(path: str, mtime_ns: int) -> Recipe:
     return load_recipe(path)
 
@@ -392,8 +405,10 @@ class Prerequisite(RecipeTask):
     def fingerprint(self):
         from pipeline.families import all_prerequisites
 
+        from pipeline.families import family_code_hash, family_module
+
         return {"name": self.name, "extra": all_prerequisites()[self.name].fingerprint(),
-                "toolchain": python_toolchain()}
+                "toolchain": python_toolchain(), "code": family_code_hash(family_module(self.name))}
 
     def folder_name(self):
         return f"Prerequisite-{self.name}"
@@ -420,9 +435,11 @@ class BuildVariant(RecipeTask):
         return deps
 
     def fingerprint(self):
+        from pipeline.families import family_code_hash, family_module
+
         spec = variant_spec(self.variant)
         return {"variant": self.variant, "family": spec.family, "calibration_batch": self.recipe.data.eval_batch,
-                "toolchain": python_toolchain()}
+                "toolchain": python_toolchain(), "code": family_code_hash(family_module(self.variant))}
 
     def folder_name(self):
         return f"Variant-{self.variant}"
@@ -514,7 +531,7 @@ class BrowserMeasure(RecipeTask):
                 "reference": NativeReference(self.recipe_path, self.artifacts_dir)}
 
     def fingerprint(self):
-        return {"backend": self.backend, "method": BROWSER_METHOD,
+        return {"backend": self.backend, "method": BROWSER_METHOD, "code": browser_code_hash(variant_spec(self.variant).runtime),
                 "measure": self.recipe.measure[self.backend].model_dump(mode="json"),
                 "eval_batch": self.recipe.data.eval_batch, "browser": browser_toolchain(),
                 **({"subset": "even"} if self.recipe.measure[self.backend].max_eval_samples else {})}

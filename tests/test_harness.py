@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import os
 import sys
+import re
 import time
 from pathlib import Path
 
@@ -184,7 +185,9 @@ def test_timeout_then_next_measure_works(tiny_model, samples):
     res = measure(MeasureRequest(runtime="ort", backend="wasm", model_files=[tiny_model], inputs=samples,
                                  runs=2, timeout_s=8, debug_hang_stage="eval"))
     assert res.status == "failed"
-    assert "timeout after 8s" in res.error and "eval" in res.error, res.error
+    assert "timeout after 8s in stage eval" in res.error, res.error
+    # ... and says where the time went: the stages reached, the hung one last and open-ended.
+    assert re.search(r"first \d+\.\ds, eval >\d+\.\ds\)$", res.error), res.error
     assert time.monotonic() - t0 < 30
 
     res = measure(MeasureRequest(runtime="ort", backend="wasm", model_files=[tiny_model], inputs=samples,

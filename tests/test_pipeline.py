@@ -181,3 +181,34 @@ def test_missing_package_fails_its_recipe_only(tmp_path):
     # Environmental failures are retried by the next build rather than cached.
     src = next((art / "build" / "missing" / "0.1").glob("SourceModel-*/result.json"))
     assert json.loads(src.read_text())["retry"] is True
+
+
+def test_family_code_is_part_of_build_keys(tmp_path, monkeypatch):
+    """Editing a family's module, or a module of its package it imports, changes its code hash (and so the build
+    keys): an upgraded converter rebuilds its variants instead of serving results of the old code."""
+    pkg = tmp_path / "fakepkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "helper.py").write_text("def convert():\n    return 1\n")
+    (pkg / "fam.py").write_text("from fakepkg.helper import convert\nimport json\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def fresh_hash():
+        families.family_code_hash.cache_clear()
+        for name in ("fakepkg.fam", "fakepkg.helper", "fakepkg"):
+            __import__("sys").modules.pop(name, None)
+        return families.family_code_hash("fakepkg.fam")
+
+    first = fresh_hash()
+    assert fresh_hash() == first
+    (pkg / "helper.py").write_text("def convert():\n    return 2\n")
+    second = fresh_hash()
+    assert second != first
+    (pkg / "fam.py").write_text("from fakepkg.helper import convert\nimport json  # edited\n")
+    assert fresh_hash() not in (first, second)
+    families.family_code_hash.cache_clear()
+
+    # The real families resolve, and each variant's key carries its family's hash.
+    assert families.family_module("tvm_wasm") == "pipeline.convert.tvm"
+    assert families.family_module("tvm_web_runtime") == "pipeline.convert.tvm"
+    assert families.family_code_hash("pipeline.convert.tvm") != families.family_code_hash("pipeline.convert.tfjs")

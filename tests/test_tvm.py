@@ -68,7 +68,8 @@ def make_mlp(path: Path) -> Path:
 
 
 def make_cnn(path: Path) -> Path:
-    """Conv + BatchNorm + Relu + MaxPool + global average pool + Gemm: a small image classifier."""
+    """Conv + BatchNorm + ReLU6 + MaxPool + global average pool + Gemm: a small image classifier. ReLU6 is Clip with
+    rank-0 min/max initializers, as in MobileNet V2 (rank-0 weights once broke the browser run)."""
     rng = np.random.default_rng(1)
     init = {
         "Wc": rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3,
@@ -76,11 +77,12 @@ def make_cnn(path: Path) -> Path:
         "scale": rng.uniform(0.5, 1.5, 8).astype(np.float32), "shift": rng.uniform(-0.2, 0.2, 8).astype(np.float32),
         "mean": rng.uniform(-0.3, 0.3, 8).astype(np.float32), "var": rng.uniform(0.5, 2.0, 8).astype(np.float32),
         "Wf": rng.standard_normal((5, 8)).astype(np.float32) * 0.5, "Bf": rng.standard_normal(5).astype(np.float32),
+        "lo": np.array(0.0, np.float32), "hi": np.array(1.5, np.float32),
     }
     graph = helper.make_graph(
         [helper.make_node("Conv", ["input", "Wc", "Bc"], ["c"], pads=[1, 1, 1, 1]),
          helper.make_node("BatchNormalization", ["c", "scale", "shift", "mean", "var"], ["bn"]),
-         helper.make_node("Relu", ["bn"], ["r"]),
+         helper.make_node("Clip", ["bn", "lo", "hi"], ["r"]),
          helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
          helper.make_node("GlobalAveragePool", ["p"], ["g"]),
          helper.make_node("Flatten", ["g"], ["f"]),
@@ -278,6 +280,20 @@ def test_embedded_weights_and_variant_spec(models, runtime_dir, tmp_path):
     assert [f.name for f in emb] == ["model.wasm", "tvm_meta.json"]
     assert json.loads(emb[1].read_text())["weights"] == "embedded"
     _check(_measure(emb, "webgpu", inputs), model, inputs)
+
+
+def test_runtime_error_reaches_javascript_with_its_message(models, runtime_dir, tmp_path):
+    """A TVM error inside the wasm module (here: main called without its weights) arrives as TVM's own message,
+    not as a bare "Program terminated with exit(1)" (the runtime is built with wasm exceptions)."""
+    model, inputs = models["mlp"]
+    files = tvmconv.compile_onnx(model, tmp_path / "out", target="wasm", runtime_dir=runtime_dir,
+                                 input_shapes={"x": [1, 16]}, link_opt=FAST_LINK)
+    meta = json.loads(files[1].read_text())
+    meta["params"] = meta["params"][:-1]
+    files[1].write_text(json.dumps(meta))
+    res = _measure(files, "wasm", inputs)
+    assert res.status == "failed"
+    assert "exit(" not in res.error and "main" in res.error, res.error
 
 
 def test_native_tvm_outputs(models):

@@ -57,14 +57,17 @@ WASM_TRIPLE = "wasm32-unknown-unknown-wasm"
 # weights stay loadable by other tools. Cold start was no worse (better in both paired runs, noisy).
 _WEIGHTS_DECISION = "separate"
 
-EMCC_CFLAGS = ["-O3", "-std=c++17", "-Wno-ignored-attributes"]
+# -fwasm-exceptions (compile and link): TVM reports every runtime error by throwing. Without exception catching
+# (emcc's default) a throw ends the module with a bare `exit(1)`; with native wasm exceptions TVM's FFI catches it
+# and tvm.js raises a JavaScript Error carrying TVM's message. Upstream's Makefile does not set it.
+EMCC_CFLAGS = ["-O3", "-std=c++17", "-Wno-ignored-attributes", "-fwasm-exceptions"]
 # Same link flags as tvm.support.emcc.create_tvmjs_wasm (the web runtime expects these), without ASYNCIFY:
 # tvm.js waits for WebGPU from JavaScript (device.sync()), never from inside a C++ call.
 # Link optimisation (emcc runs binaryen's wasm-opt at -O2 and above), small CNN, measured here on 2 busy cores:
 #   -O1: 0.7 s link, 6.3 MB module;  -O2: 26 s, 3.6 MB;  -O3: 65 s, 3.5 MB;  -Oz: 64 s, 3.4 MB.
 # -O2 is the default: nearly the smallest download for a third of the -O3 link time. Tests may pass -O1.
 DEFAULT_LINK_OPT = "-O2"
-EMCC_LDFLAGS = ["-std=c++17", "--no-entry", "-s", "WASM_BIGINT=1", "-s", "ERROR_ON_UNDEFINED_SYMBOLS=0",
+EMCC_LDFLAGS = ["-std=c++17", "-fwasm-exceptions", "--no-entry", "-s", "WASM_BIGINT=1", "-s", "ERROR_ON_UNDEFINED_SYMBOLS=0",
                 "-s", "STANDALONE_WASM=1", "-s", "ALLOW_MEMORY_GROWTH=1", "-s", "TOTAL_MEMORY=160MB"]
 
 
@@ -97,8 +100,8 @@ def tvm_version() -> str:
 
 
 def headers_hash() -> str:
-    """Content hash of our headers (tvm_web/**/*.h): part of the runtime cache key."""
-    h = hashlib.sha256()
+    """Content hash of our headers (tvm_web/**/*.h) and of the runtime's compile flags: the runtime cache key."""
+    h = hashlib.sha256(" ".join(EMCC_CFLAGS).encode() + b"\0")
     for p in sorted(HEADERS_DIR.rglob("*.h")):
         if p.is_file() and "tests" not in p.relative_to(HEADERS_DIR).parts:
             h.update(p.relative_to(HEADERS_DIR).as_posix().encode() + b"\0")
@@ -294,7 +297,25 @@ def _import_relax(onnx_path: Path, input_shapes: dict[str, list[int]], keep_para
 
         mod, detached = relax.frontend.detach_params(mod)
         params = [np.asarray(p.numpy()) for p in detached.get("main", [])]
+        mod, params = _bind_scalar_params(mod, params)
     return model, mod, params
+
+
+def _bind_scalar_params(mod, params: list[np.ndarray]):
+    """Fold rank-0 weights (e.g. Clip's min/max in ReLU6) back into the module as constants. Passed from
+    JavaScript as separate tensors they reached the kernels with the wrong rank (MobileNet V2 failed in Chromium
+    with "Mismatched min_val_cast.ndim ... expected 0"); as constants they also fold away."""
+    import tvm
+    from tvm import relax
+
+    scalar = [i for i, p in enumerate(params) if p.ndim == 0]
+    if not scalar:
+        return mod, params
+    fparams = list(mod["main"].params)
+    first = len(fparams) - len(params)  # weights follow the graph inputs
+    bind = {fparams[first + i]: tvm.runtime.tensor(params[i]) for i in scalar}
+    mod = relax.transform.BindParams("main", bind)(mod)
+    return mod, [p for i, p in enumerate(params) if i not in set(scalar)]
 
 
 def _targets(target: str):
@@ -306,6 +327,45 @@ def _targets(target: str):
     if target == "webgpu":
         return tvm.target.Target({"kind": "webgpu"}, host=host)
     raise TVMError(f"unknown TVM web target {target!r} (wasm | webgpu)")
+
+
+# Reductions at most this long run serially in one thread per output (dlight Fallback) instead of dlight's
+# GeneralReduction, which gives every output element a 64-thread workgroup and a shared-memory tree reduction.
+# Measured on MobileNet V2 (SwiftShader, Chromium 156): its depthwise 3x3 convolutions reduce 9 elements, and with
+# GeneralReduction one inference took 146 s (401,408 workgroups for the first depthwise layer alone).
+SHORT_REDUCTION = 64
+
+
+def _short_reduction_rule():
+    """dlight rule: Fallback for blocks whose reductions are all short (static extent <= SHORT_REDUCTION)."""
+    from tvm import s_tir, tirx
+    from tvm.s_tir import dlight as dl
+    from tvm.s_tir.dlight.analysis import normalize_prim_func
+    from tvm.s_tir.dlight.gpu.base import GPUScheduleRule
+
+    class ShortReduction(GPUScheduleRule):
+        def apply(self, func, target, tunable):
+            if not isinstance(func, tirx.PrimFunc):
+                return None
+            infos = normalize_prim_func(s_tir.Schedule(func))
+            if not infos:
+                return None
+            lengths = []
+            for info in infos:
+                if not info.is_reduction():
+                    continue
+                n = 1
+                for kind, dom in zip(info.dom_kind(), info.dom()):
+                    if kind == "R":
+                        if not isinstance(dom, int) and not hasattr(dom, "value"):
+                            return None  # symbolic extent: leave it to the general rules
+                        n *= int(dom if isinstance(dom, int) else dom.value)
+                lengths.append(n)
+            if not lengths or max(lengths) > SHORT_REDUCTION:
+                return None
+            return dl.gpu.Fallback().apply(func, target, tunable)
+
+    return ShortReduction()
 
 
 def _lower(mod, tgt, target: str):
@@ -320,7 +380,8 @@ def _lower(mod, tgt, target: str):
         with tgt:
             mod = relax.get_pipeline("zero")(mod)
             mod = dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
-                                          dl.gpu.GeneralReduction(), dl.gpu.Fallback())(mod)
+                                          _short_reduction_rule(), dl.gpu.GeneralReduction(),
+                                          dl.gpu.Fallback())(mod)
     try:
         return tvm.compile(mod, tgt)
     except Exception as e:
