@@ -68,8 +68,8 @@ def make_mlp(path: Path) -> Path:
 
 
 def make_cnn(path: Path) -> Path:
-    """Conv + BatchNorm + ReLU6 + MaxPool + global average pool + Gemm: a small image classifier. ReLU6 is Clip with
-    rank-0 min/max initializers, as in MobileNet V2 (rank-0 weights once broke the browser run)."""
+    """Conv + BatchNorm + ReLU6 + depthwise Conv + MaxPool + global average pool + Gemm: a small image classifier.
+    ReLU6 is Clip with rank-0 min/max initializers, as in MobileNet V2 (rank-0 weights once broke the browser run)."""
     rng = np.random.default_rng(1)
     init = {
         "Wc": rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3,
@@ -78,12 +78,14 @@ def make_cnn(path: Path) -> Path:
         "mean": rng.uniform(-0.3, 0.3, 8).astype(np.float32), "var": rng.uniform(0.5, 2.0, 8).astype(np.float32),
         "Wf": rng.standard_normal((5, 8)).astype(np.float32) * 0.5, "Bf": rng.standard_normal(5).astype(np.float32),
         "lo": np.array(0.0, np.float32), "hi": np.array(1.5, np.float32),
+        "Wd": rng.standard_normal((8, 1, 3, 3)).astype(np.float32) * 0.3,
     }
     graph = helper.make_graph(
         [helper.make_node("Conv", ["input", "Wc", "Bc"], ["c"], pads=[1, 1, 1, 1]),
          helper.make_node("BatchNormalization", ["c", "scale", "shift", "mean", "var"], ["bn"]),
          helper.make_node("Clip", ["bn", "lo", "hi"], ["r"]),
-         helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+         helper.make_node("Conv", ["r", "Wd"], ["d"], pads=[1, 1, 1, 1], group=8),  # depthwise, as in MobileNet
+         helper.make_node("MaxPool", ["d"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
          helper.make_node("GlobalAveragePool", ["p"], ["g"]),
          helper.make_node("Flatten", ["g"], ["f"]),
          helper.make_node("Gemm", ["f", "Wf", "Bf"], ["logits"], transB=1)],
@@ -294,6 +296,33 @@ def test_runtime_error_reaches_javascript_with_its_message(models, runtime_dir, 
     res = _measure(files, "wasm", inputs)
     assert res.status == "failed"
     assert "exit(" not in res.error and "main" in res.error, res.error
+
+
+def test_short_reductions_get_one_thread_per_output(models, tmp_path):
+    """WebGPU schedules: a depthwise 3x3 convolution (9-element reduction) goes to the serial-reduction rule; a
+    256-long MatMul reduction does not (dlight's reduction rules keep it)."""
+    from tvm import relax
+    from tvm.tirx import PrimFunc
+
+    def prim_funcs(model: Path, shapes) -> dict:
+        _, mod, _ = tvmconv._import_relax(model, shapes, keep_params=False)
+        mod = relax.transform.LegalizeOps()(mod)
+        return {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, PrimFunc)}
+
+    w = np.ones((256, 4), np.float32)
+    long_k = _save(helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "k256",
+                                     [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 256])],
+                                     [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+                                     [numpy_helper.from_array(w, "W")]), tmp_path / "k256.onnx")
+    cnn = prim_funcs(models["cnn"][0], {"input": [1, 3, 16, 16]})
+    depthwise = [f for name, f in cnn.items() if name.startswith("conv2d")
+                 and "(T.int64(8), T.int64(1), T.int64(3), T.int64(3))" in f.script()]  # its weight shape
+    [matmul] = [f for name, f in prim_funcs(long_k, {"x": [1, 256]}).items() if name.startswith("matmul")]
+    rule, target = tvmconv._short_reduction_rule(), tvmconv._targets("webgpu")
+    with target:
+        assert len(depthwise) == 1, sorted(cnn)
+        assert rule.apply(depthwise[0], target, False) is not None
+        assert rule.apply(matmul, target, False) is None
 
 
 def test_native_tvm_outputs(models):
