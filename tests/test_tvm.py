@@ -298,6 +298,27 @@ def test_runtime_error_reaches_javascript_with_its_message(models, runtime_dir, 
     assert "exit(" not in res.error and "main" in res.error, res.error
 
 
+def test_tensor_names_that_are_not_identifiers(runtime_dir, tmp_path):
+    """tf2onnx-style names ("dense/kernel:0") end up in WGSL as identifiers: the WebGPU module must still be
+    valid, and inputs/outputs keep their original names for the caller."""
+    rng = np.random.default_rng(3)
+    w, b = rng.standard_normal((16, 4)).astype(np.float32), rng.standard_normal(4).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["input:0", "model/dense/kernel:0"], ["model/dense/MatMul:0"]),
+         helper.make_node("Add", ["model/dense/MatMul:0", "model/dense/bias:0"], ["model/dense/BiasAdd:0"]),
+         helper.make_node("Relu", ["model/dense/BiasAdd:0"], ["output/0"])],
+        "tf_names", [helper.make_tensor_value_info("input:0", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("output/0", TensorProto.FLOAT, ["N", 4])],
+        [numpy_helper.from_array(w, "model/dense/kernel:0"), numpy_helper.from_array(b, "model/dense/bias:0")])
+    model = _save(graph, tmp_path / "tf_names.onnx")
+    inputs = {"input:0": rng.standard_normal((N_SAMPLES, 16)).astype(np.float32)}
+    files = tvmconv.compile_onnx(model, tmp_path / "out", target="webgpu", runtime_dir=runtime_dir,
+                                 input_shapes={"input:0": [1, 16]}, link_opt=FAST_LINK)
+    meta = json.loads(files[1].read_text())
+    assert [i["name"] for i in meta["inputs"]] == ["input:0"] and [o["name"] for o in meta["outputs"]] == ["output/0"]
+    _check(_measure(files, "webgpu", inputs), model, inputs)
+
+
 def test_short_reductions_get_one_thread_per_output(models, tmp_path):
     """WebGPU schedules: a depthwise 3x3 convolution (9-element reduction) goes to the serial-reduction rule; a
     256-long MatMul reduction does not (dlight's reduction rules keep it)."""

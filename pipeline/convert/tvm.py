@@ -27,6 +27,7 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -268,6 +269,58 @@ def _fold_static_shapes(model, input_shapes: dict[str, list[int]]):
     return folded if ok else model
 
 
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def _with_identifier_names(model):
+    """A copy of the model whose tensor names are all identifiers, and the renaming {old: new}. TVM's WebGPU
+    codegen writes weight names into WGSL as they are: tf2onnx's "fashion_keras_1/conv2_1/.../ReadVariableOp_0"
+    made every shader of the Keras demo model invalid. Graph input/output order is kept, so results still map
+    to the original names positionally."""
+    import onnx
+
+    names: list[str] = []
+
+    def collect(graph):
+        names.extend(v.name for v in (*graph.input, *graph.output, *graph.value_info))
+        names.extend(i.name for i in graph.initializer)
+        for node in graph.node:
+            names.extend((*node.input, *node.output))
+            for attr in node.attribute:
+                for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    collect(g)
+
+    collect(model.graph)
+    used = {n for n in names if _IDENTIFIER.match(n)}
+    renamed: dict[str, str] = {}
+    for n in names:
+        if n and n not in used and n not in renamed:
+            base = re.sub(r"\W", "_", n)
+            base = base if _IDENTIFIER.match(base) else f"t_{base}"
+            new, i = base, 1
+            while new in used:
+                new, i = f"{base}_{i}", i + 1
+            used.add(new)
+            renamed[n] = new
+    if not renamed:
+        return model, {}
+    safe = onnx.ModelProto()
+    safe.CopyFrom(model)
+
+    def rename(graph):
+        for v in (*graph.input, *graph.output, *graph.value_info, *graph.initializer):
+            v.name = renamed.get(v.name, v.name)
+        for node in graph.node:
+            node.input[:] = [renamed.get(x, x) for x in node.input]
+            node.output[:] = [renamed.get(x, x) for x in node.output]
+            for attr in node.attribute:
+                for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    rename(g)
+
+    rename(safe.graph)
+    return safe, renamed
+
+
 def _import_relax(onnx_path: Path, input_shapes: dict[str, list[int]], keep_params: bool):
     import onnx
     import tvm
@@ -284,9 +337,11 @@ def _import_relax(onnx_path: Path, input_shapes: dict[str, list[int]], keep_para
         if any((not isinstance(d, int)) or d <= 0 for d in input_shapes[spec["name"]]):
             raise TVMError(f"input {spec['name']!r}: static positive dims required, got {input_shapes[spec['name']]}")
     model = _fold_static_shapes(model, input_shapes)
+    safe_model, renamed = _with_identifier_names(model)
     try:
-        mod = from_onnx(model, shape_dict={k: list(v) for k, v in input_shapes.items()},
-                        dtype_dict={s["name"]: s["dtype"] for s in inputs}, keep_params_in_input=keep_params)
+        mod = from_onnx(safe_model, shape_dict={renamed.get(k, k): list(v) for k, v in input_shapes.items()},
+                        dtype_dict={renamed.get(s["name"], s["name"]): s["dtype"] for s in inputs},
+                        keep_params_in_input=keep_params)
     except tvm.error.OpNotImplemented as e:
         raise UnsupportedOpError([str(e).rsplit(":", 1)[-1].strip()], onnx_path) from e
     except Exception as e:
