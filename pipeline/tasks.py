@@ -369,6 +369,21 @@ class NativeReference(RecipeTask):
 # ---------------------------------------------------------------- variants
 
 
+def code_hash(name: str) -> str | None:
+    """Hash of the code that builds a variant or prerequisite: its family module and what that imports. A variant
+    registered outside the family modules (e.g. by a test) is keyed by its build function's module."""
+    import importlib
+
+    from pipeline.families import family_code_hash, family_module
+
+    try:
+        return family_code_hash(family_module(name))
+    except KeyError:
+        module = getattr(variant_spec(name).build, "__module__", None)
+        return family_code_hash(module) if module and getattr(importlib.import_module(module), "__file__", None) \
+            else None
+
+
 def variant_spec(name: str):
     from pipeline.families import all_variants
 
@@ -405,10 +420,8 @@ class Prerequisite(RecipeTask):
     def fingerprint(self):
         from pipeline.families import all_prerequisites
 
-        from pipeline.families import family_code_hash, family_module
-
         return {"name": self.name, "extra": all_prerequisites()[self.name].fingerprint(),
-                "toolchain": python_toolchain(), "code": family_code_hash(family_module(self.name))}
+                "toolchain": python_toolchain(), "code": code_hash(self.name)}
 
     def folder_name(self):
         return f"Prerequisite-{self.name}"
@@ -435,11 +448,9 @@ class BuildVariant(RecipeTask):
         return deps
 
     def fingerprint(self):
-        from pipeline.families import family_code_hash, family_module
-
         spec = variant_spec(self.variant)
         return {"variant": self.variant, "family": spec.family, "calibration_batch": self.recipe.data.eval_batch,
-                "toolchain": python_toolchain(), "code": family_code_hash(family_module(self.variant))}
+                "toolchain": python_toolchain(), "code": code_hash(self.variant)}
 
     def folder_name(self):
         return f"Variant-{self.variant}"
