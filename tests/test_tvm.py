@@ -321,7 +321,7 @@ def test_tensor_names_that_are_not_identifiers(runtime_dir, tmp_path):
 
 def test_short_reductions_get_one_thread_per_output(models, tmp_path):
     """WebGPU schedules: a depthwise 3x3 convolution (9-element reduction) goes to the serial-reduction rule; a
-    256-long MatMul reduction does not (dlight's reduction rules keep it)."""
+    256-long MatMul reduction does not (dlight's rules keep it); 3x3 convolutions skip dlight's Matmul rule."""
     from tvm import relax
     from tvm.tirx import PrimFunc
 
@@ -339,11 +339,20 @@ def test_short_reductions_get_one_thread_per_output(models, tmp_path):
     depthwise = [f for name, f in cnn.items() if name.startswith("conv2d")
                  and "(T.int64(8), T.int64(1), T.int64(3), T.int64(3))" in f.script()]  # its weight shape
     [matmul] = [f for name, f in prim_funcs(long_k, {"x": [1, 256]}).items() if name.startswith("matmul")]
+    conv3x3 = [f for name, f in cnn.items() if name.startswith("conv2d")
+               and "(T.int64(8), T.int64(3), T.int64(3), T.int64(3))" in f.script()]
     rule, target = tvmconv._short_reduction_rule(), tvmconv._targets("webgpu")
     with target:
-        assert len(depthwise) == 1, sorted(cnn)
+        assert len(depthwise) == 1 and len(conv3x3) == 1, sorted(cnn)
         assert rule.apply(depthwise[0], target, False) is not None
         assert rule.apply(matmul, target, False) is None
+        # dlight's Matmul rule: its own decision for matmuls, never for convolutions with a spatial kernel.
+        from tvm.s_tir import dlight as dl
+
+        ours, theirs = tvmconv._matmul_rule(), dl.gpu.Matmul()
+        assert (ours.apply(matmul, target, False) is None) == (theirs.apply(matmul, target, False) is None)
+        assert theirs.apply(conv3x3[0], target, False) is not None
+        assert ours.apply(conv3x3[0], target, False) is None
 
 
 def test_native_tvm_outputs(models):
