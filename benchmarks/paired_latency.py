@@ -53,8 +53,10 @@ def main() -> int:
         "",
         f"Measured {datetime.now(timezone.utc):%Y-%m-%d} on {platform.machine()}, {platform.python_version()}, "
         f"{chromium}; `nproc`=2, no GPU (WebGPU is SwiftShader, a software adapter: use for correctness, "
-        "not speed). Native = onnxruntime CPU, 1 thread; browser = onnxruntime-web in headless Chromium, "
-        "wasm with 1 thread. Both measured in the same build. Median (IQR) in ms; batch 1.",
+        "not speed). Native = onnxruntime CPU, 1 thread (the variant itself for ONNX variants; the canonical "
+        "fp32 model for TF.js and TVM, which have no native runner); browser = the variant's own runtime "
+        "(onnxruntime-web, TF.js or TVM's web runtime) in headless Chromium, wasm with 1 thread. Both measured in "
+        "the same build. Median (IQR) in ms; batch 1.",
         "",
         "| model | variant | backend | native median (IQR) | browser median (IQR) | browser/native | cold start ms |"
         " cold start 4G ms | download KB | peak mem MB | fps main / worker | input delay p95 ms main / worker |"
