@@ -7,7 +7,6 @@ Adding a family (TF.js, TVM, ...) is adding a module under pipeline/convert/ tha
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib
 import types
 from dataclasses import dataclass, field
@@ -15,6 +14,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from pipeline.fsutil import digest_files
 
 
 @dataclass
@@ -72,10 +73,7 @@ def family_code_hash(mod_name: str) -> str:
             dep = importlib.import_module(name)
             if getattr(dep, "__file__", None):
                 files.add(Path(dep.__file__))
-    h = hashlib.sha256()
-    for f in sorted(files):
-        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
-    return h.hexdigest()[:16]
+    return digest_files((f.name, f) for f in sorted(files))
 
 
 def family_module(spec_or_prereq_name: str) -> str:

@@ -18,6 +18,15 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def digest_files(named_files, seed: bytes = b"") -> str:
+    """Short content hash of (name, path) pairs, in the order given: names count, so a rename changes it.
+    Used for cache keys over our own code (family modules, measuring code, TVM runtime headers)."""
+    h = hashlib.sha256(seed)
+    for name, path in named_files:
+        h.update(name.encode() + b"\0" + Path(path).read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

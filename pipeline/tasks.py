@@ -21,7 +21,7 @@ from pathlib import Path
 import luigi
 import numpy as np
 
-from pipeline.fsutil import atomic_dir, sha256_file, write_json_atomic
+from pipeline.fsutil import atomic_dir, digest_files, sha256_file, write_json_atomic
 from pipeline.recipe import Recipe, RecipeError, load_recipe, load_recipes
 
 log = logging.getLogger("luigi-interface")
@@ -77,11 +77,7 @@ def browser_code_hash(runtime: str) -> str:
     root = Path(__file__).resolve().parents[1] / "browser_validate"
     files = [root / "harness.py", root / "server.py", *sorted((root / "page").glob("*.js")),
              root / "runtimes" / f"{runtime}.js", root / "runtimes" / "probe.js"]
-    h = hashlib.sha256()
-    for f in files:
-        if f.exists():
-            h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
-    return h.hexdigest()[:16]
+    return digest_files((f.name, f) for f in files if f.exists())
 
 
 @functools.lru_cache(maxsize=None)

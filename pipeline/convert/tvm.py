@@ -23,7 +23,6 @@ import math
 
 import contextlib
 import fcntl
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -40,6 +39,7 @@ from typing import Literal
 import numpy as np
 
 from pipeline.families import BuildInputs, Prerequisite, VariantSpec
+from pipeline.fsutil import digest_files
 
 HEADERS_DIR = Path(__file__).resolve().parent / "tvm_web"
 RUNTIME_LIBS = ("wasm_runtime", "tvmjs_support", "webgpu_runtime")
@@ -103,12 +103,10 @@ def tvm_version() -> str:
 
 def headers_hash() -> str:
     """Content hash of our headers (tvm_web/**/*.h) and of the runtime's compile flags: the runtime cache key."""
-    h = hashlib.sha256(" ".join(EMCC_CFLAGS).encode() + b"\0")
-    for p in sorted(HEADERS_DIR.rglob("*.h")):
-        if p.is_file() and "tests" not in p.relative_to(HEADERS_DIR).parts:
-            h.update(p.relative_to(HEADERS_DIR).as_posix().encode() + b"\0")
-            h.update(p.read_bytes() + b"\0")
-    return h.hexdigest()[:16]
+    headers = [p for p in sorted(HEADERS_DIR.rglob("*.h"))
+               if p.is_file() and "tests" not in p.relative_to(HEADERS_DIR).parts]
+    return digest_files(((p.relative_to(HEADERS_DIR).as_posix(), p) for p in headers),
+                        seed=" ".join(EMCC_CFLAGS).encode() + b"\0")
 
 
 def _package_dir(name: str) -> Path:
@@ -370,8 +368,9 @@ def _bind_scalar_params(mod, params: list[np.ndarray]):
     fparams = list(mod["main"].params)
     first = len(fparams) - len(params)  # weights follow the graph inputs
     bind = {fparams[first + i]: tvm.runtime.tensor(params[i]) for i in scalar}
+    bind_index = set(scalar)
     mod = relax.transform.BindParams("main", bind)(mod)
-    return mod, [p for i, p in enumerate(params) if i not in set(scalar)]
+    return mod, [p for i, p in enumerate(params) if i not in bind_index]
 
 
 def _targets(target: str):
