@@ -1,7 +1,7 @@
 """Paired native vs browser latency for the demo models.
 
 Runs BuildAll on the demo recipes (a no-op when the build is cached), then tabulates, for every variant and
-backend, the native onnxruntime latency (Python, CPU, 1 thread) and the in-browser latency measured in the same
+target, the native onnxruntime latency (Python, CPU, 1 thread) and the in-browser latency measured in the same
 build, with their spread (IQR), the browser/native ratio, cold start and download size.
 Also: cold start (local, and with the download under the recipe's emulated 4G profile), peak renderer memory,
 and the user-experience probe (frames per second and p95 input delay with inference on the main thread vs in a
@@ -58,7 +58,7 @@ def main() -> int:
         "(onnxruntime-web, TF.js or TVM's web runtime) in headless Chromium, wasm with 1 thread. Both measured in "
         "the same build. Median (IQR) in ms; batch 1.",
         "",
-        "| model | variant | backend | native median (IQR) | browser median (IQR) | browser/native | cold start ms |"
+        "| model | variant | target | native median (IQR) | browser median (IQR) | browser/native | cold start ms |"
         " cold start 4G ms | download KB | peak mem MB | fps main / worker | input delay p95 ms main / worker |"
         " ship in | top-1 agree | status |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -67,12 +67,12 @@ def main() -> int:
         for version, entry in versions.items():
             report = json.loads((Path(a.artifacts) / "registry" / entry["report"]).read_text())
             chosen = {(t["variant"], t["backend"]) for t in entry["targets"].values() if t["status"] == "chosen"}
-            for r in sorted(report["candidates"], key=lambda r: (r["backend"], r["variant"])):
+            for r in sorted(report["candidates"], key=lambda r: (r["target"], r["variant"])):
                 nat = (report["native"].get(r["variant"]) or {}).get("latency_ms") or {}
-                status = ("**chosen**" if (r["variant"], r["backend"]) in chosen else
+                status = ("**chosen**" if (r["variant"], r["target"]) in chosen else
                           ("ok" if r["eligible"] else "; ".join(r["reasons"])[:80]))
                 lines.append(
-                    f"| {model} | {r['variant']} | {r['backend']} | {fmt(nat.get('median'))} ({fmt(nat.get('iqr'), 2)})"
+                    f"| {model} | {r['variant']} | {r['target']} | {fmt(nat.get('median'))} ({fmt(nat.get('iqr'), 2)})"
                     f" | {fmt(r['median_ms'])} ({fmt(r['iqr_ms'], 2)}) | {fmt(r['slowdown_vs_native'])}"
                     f" | {fmt(r['cold_start_ms'], 4)} | {fmt(cold_start_4g(r), 4)}"
                     f" | {fmt(r['download_bytes'] / 1024 if r['download_bytes'] else None)}"

@@ -3,7 +3,7 @@
 What it measures (batch 1, fp32, 1 thread everywhere):
 
 * native (x86 llvm, Relax VM, ``TVM_NUM_THREADS=1``): the untuned module (default schedules, compiled exactly as
-  ``pipeline.convert.tvm._lower`` does) against the same module after a small MetaSchedule tuning run;
+  ``pipeline.families.tvm.compile.lower`` does) against the same module after a small MetaSchedule tuning run;
 * wasm32 in headless Chromium (``browser_validate.harness.measure``): the untuned module against the module
   compiled for wasm32 with the *native* tuning database applied. MetaSchedule records are keyed by workload
   (the fused PrimFunc), not by target, so the x86 schedules can be replayed for wasm32; whether they help there
@@ -63,7 +63,8 @@ from tvm.s_tir.meta_schedule.runner.local_runner import (  # noqa: E402
     LocalRunnerFuture, default_alloc_argument, default_run_evaluator)
 
 from browser_validate.harness import MeasureRequest, close_browser, measure  # noqa: E402
-from pipeline.convert import tvm as tvmconv  # noqa: E402
+from pipeline.families.tvm import compile as tvmc  # noqa: E402
+from pipeline.families.tvm import runtime_build as rtb  # noqa: E402
 
 MODEL = "fashion_cnn"
 RECIPE = ROOT / "recipes" / f"{MODEL}.yaml"
@@ -224,21 +225,12 @@ def run_native(ex, xs: np.ndarray) -> np.ndarray:
 def export_wasm(ex, model, input_shapes: dict[str, list[int]], out_dir: Path, runtime_dir: Path,
                 link_opt: str) -> list[Path]:
     """model.wasm + tvm_meta.json in compile_onnx's embedded-weights layout (weights are module constants)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    wasm = out_dir / tvmconv.MODEL_FILE
-    ex.export_library(str(wasm), fcompile=tvmconv._emcc_fcompile(runtime_dir, link_opt))
-    inputs, outputs = tvmconv._graph_io(model)
-    for spec in inputs:
-        spec["shape"] = [int(d) for d in input_shapes[spec["name"]]]
-    meta = {"format": 1, "target": "wasm", "batch": int(inputs[0]["shape"][0]), "tvm_version": tvmconv.tvm_version(),
-            "inputs": inputs, "outputs": outputs, "weights": "embedded", "params": [], "params_file": None}
-    meta_path = out_dir / tvmconv.META_FILE
-    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
-    return [wasm, meta_path]
+    return tvmc.package(ex, model, input_shapes, out_dir, target="wasm", runtime_dir=runtime_dir, params=None,
+                        link_opt=link_opt)
 
 
 def measure_wasm(files: list[Path], input_name: str, xs: np.ndarray, runs: int):
-    res = measure(MeasureRequest(runtime="tvm", backend="wasm", model_files=files, inputs={input_name: xs},
+    res = measure(MeasureRequest(runtime="tvm", target="wasm", model_files=files, inputs={input_name: xs},
                                  eval_batch=1, warmup=5, runs=runs, timeout_s=300))
     if res.status != "ok":
         raise RuntimeError(f"browser measurement failed: {res.error} console={res.console_errors[:3]}")
@@ -394,7 +386,7 @@ def main() -> int:
     ap.add_argument("--wasm-runs", type=int, default=50)
     ap.add_argument("--wasm-rounds", type=int, default=2)
     ap.add_argument("--samples", type=int, default=8, help="random inputs for the output agreement check")
-    ap.add_argument("--link-opt", default=tvmconv.DEFAULT_LINK_OPT, help="emcc link optimisation (as shipped: -O2)")
+    ap.add_argument("--link-opt", default=rtb.DEFAULT_LINK_OPT, help="emcc link optimisation (as shipped: -O2)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work-dir", default=str(ROOT / "artifacts" / "benchmarks" / "tvm_tuning"),
                     help="tuning logs and the two wasm builds (replaced on every run)")
@@ -409,14 +401,14 @@ def main() -> int:
     shapes = {name: shape}
     xs = sample_inputs(shape, value_range, a.samples, a.seed)
     native_base, native_tune = tvm.target.Target(NATIVE_BASE), tvm.target.Target(NATIVE_TUNE)
-    wasm_target = tvmconv._targets("wasm")
+    wasm_target = tvmc.web_target("wasm")
     print(f"[tvm_tuning] {onnx_path.relative_to(ROOT)}, input {name} {shape}", flush=True)
 
     # 1. Relax module with weights as constants (the embedded-weights layout): static shapes, batch 1.
-    model, mod, _ = tvmconv._import_relax(onnx_path, shapes, keep_params=False)
+    model, mod, _ = tvmc.import_relax(onnx_path, shapes, keep_params=False)
 
     # 2. Untuned native baseline, compiled as the pipeline does.
-    ex_untuned = tvmconv._lower(mod, native_base, "llvm")
+    ex_untuned = tvmc.lower(mod, native_base, "llvm")
 
     # 3. Tune natively, then build the tuned module (and a control: the same build path, empty database).
     fused = fuse_like_compile_relax(mod, native_tune)
@@ -439,9 +431,9 @@ def main() -> int:
     # 4. Transfer: the native database applied to the wasm32 build; both wasm builds measured in Chromium.
     chromium, wasm_error = "Chromium (not run)", None
     try:
-        runtime_dir = tvmconv.build_web_runtime(ROOT / "artifacts" / "cache")
+        runtime_dir = rtb.build_web_runtime(ROOT / "artifacts" / "cache")
         files = {
-            "wasm_untuned": export_wasm(tvmconv._lower(mod, wasm_target, "wasm"), model, shapes, work / "wasm_untuned",
+            "wasm_untuned": export_wasm(tvmc.lower(mod, wasm_target, "wasm"), model, shapes, work / "wasm_untuned",
                                         runtime_dir, a.link_opt),
             "wasm_tuned": export_wasm(compile_tuned(db, mod, wasm_target), model, shapes, work / "wasm_tuned",
                                       runtime_dir, a.link_opt)}
@@ -466,7 +458,7 @@ def main() -> int:
         close_browser()
 
     report = {
-        "date": f"{datetime.now(timezone.utc):%Y-%m-%d}", "chromium": chromium, "tvm": tvmconv.tvm_version(),
+        "date": f"{datetime.now(timezone.utc):%Y-%m-%d}", "chromium": chromium, "tvm": rtb.tvm_version(),
         "tasks": n_tasks, "trials": a.trials, "trials_run": trials_run, "per_task": a.per_task,
         "per_iter": a.per_iter, "tune_s": tune_s, "native_runs": a.native_runs, "native_rounds": a.native_rounds,
         "wasm_runs": a.wasm_runs, "wasm_rounds": a.wasm_rounds, "rows": rows, "row_notes": row_notes,

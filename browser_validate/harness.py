@@ -1,25 +1,21 @@
 """Run one model artifact in headless Chromium and measure it.
 
     from browser_validate.harness import MeasureRequest, measure, close_browser
-    res = measure(MeasureRequest(runtime="ort", backend="wasm", model_files=[Path("m.onnx")],
+    res = measure(MeasureRequest(runtime="ort", target="wasm", model_files=[Path("m.onnx")],
                                  inputs={"x": samples}))
 
-One Chromium per process (Playwright sync API, launched lazily, relaunched if it died), a fresh
-context/page per measurement. The page (page/bench.js) does the work asynchronously; Python waits
-for its completion message with a client-side deadline, so a hung renderer becomes a timeout failure. Not thread-safe: call measure()
-from one thread (Playwright's sync API is bound to the thread that started it).
+A fresh context/page per measurement in the process-wide Chromium (browser.py). The page (page/bench.js)
+does the work asynchronously; Python waits for its completion message with a client-side deadline, so a
+hung renderer becomes a timeout failure. Memory is sampled from the OS meanwhile (memory.py); the model and
+inputs are served from a per-measurement job folder (job.py) that is removed however the measurement ends.
+Not thread-safe: call measure() from one thread (Playwright's sync API is bound to the thread that started it).
 """
 
 from __future__ import annotations
 
-import atexit
-import base64
 import json
-import os
 import re
-import shutil
 import tempfile
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field, fields
@@ -29,53 +25,41 @@ from typing import Callable
 import numpy as np
 import psutil
 
+from . import PAGE_DIR
+from .browser import _BROWSER, CHROMIUM_ARGS, close_browser  # noqa: F401  (re-exported: callers import them from here)
+from .job import JOB_DIR_PREFIX, decode_outputs, write_job
+from .memory import MemorySampler, baseline_memory, gpu_pids, renderer_pids
 from .runtimes import RUNTIMES, RUNTIMES_DIR
 from .server import get_server
 
-PAGE_DIR = Path(__file__).resolve().parent / "page"
-
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--headless=new",
-    # No network here: stop Chromium from retrying background fetches.
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-    # WebGPU headless: an adapter backed by SwiftShader (CPU Vulkan); correctness only, very slow.
-    "--enable-unsafe-webgpu",
-    "--enable-unsafe-swiftshader",
-    "--disable-features=SpareRendererForSitePerProcess",
-    # performance.measureUserAgentSpecificMemory() answers at once instead of at the next GC.
-    "--enable-blink-features=ForceEagerMeasureMemory",
-]
-
-MEMORY_SAMPLE_S = 0.05
 DONE_MESSAGE = "[bench] done"
-SUPPORTED_DTYPES = {"float32", "float64", "float16", "int8", "uint8", "bool", "int16", "uint16",
-                    "int32", "uint32", "int64", "uint64"}
-# Console text that signals a WebGPU result can't be trusted even though inference "worked".
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")  # ORT colours its log lines
 POLL_MS = 100
 QOE_CLICK_INTERVAL_MS = 200
+# Console text that signals a WebGPU result can't be trusted even though inference "worked".
 GPU_ERROR_MARKERS = ("wgsl", "validation", "gpuvalidationerror", "device lost")
 # onnxruntime's native log lines carry a severity letter: [W:onnxruntime ...] is a warning, not an error.
 ORT_NON_ERROR_LOG = re.compile(r"\[[VIW]:onnxruntime")
 
 
-def is_console_failure(msg_type: str, text: str, backend: str) -> bool:
+def is_console_failure(msg_type: str, text: str, target: str) -> bool:
     """A console message that makes the measurement untrustworthy: any error, and on WebGPU anything that looks
     like a validation/shader problem. onnxruntime's own warning lines arrive as console errors (e.g. "nodes were
     not assigned to the preferred execution providers"): they are kept in the log but are not failures."""
     if ORT_NON_ERROR_LOG.search(text):
         return False
-    return msg_type == "error" or (backend == "webgpu" and _is_gpu_error(text))
+    return msg_type == "error" or (target == "webgpu" and _is_gpu_error(text))
+
+
+def _is_gpu_error(text: str) -> bool:
+    low = text.lower()
+    return any(m in low for m in GPU_ERROR_MARKERS)
 
 
 @dataclass
 class MeasureRequest:
     runtime: str
-    backend: str
+    target: str  # wasm | webgpu | webgl: what the visitor's browser offers
     model_files: list[Path]
     inputs: dict[str, np.ndarray]
     eval_batch: int = 1
@@ -122,184 +106,7 @@ class MeasureResult:
         return json.loads(json.dumps(d, default=str))
 
 
-# --------------------------------------------------------------------------- browser lifecycle
-
-class _Browser:
-    """Process-wide Playwright + Chromium. Recreated after a crash or in a forked child."""
-
-    def __init__(self):
-        self.pw = None
-        self.browser = None
-        self.pid = None
-
-    def get(self):
-        if self.pid is not None and self.pid != os.getpid():
-            # Forked child: the parent's driver/browser are not ours to use or close.
-            self.pw = self.browser = None
-        if self.browser is not None and not self.browser.is_connected():
-            self.close()
-        if self.browser is None:
-            from playwright.sync_api import sync_playwright
-
-            exe = os.environ.get("BROWSER_VALIDATE_CHROMIUM") or shutil.which("chromium")
-            if not exe:
-                raise RuntimeError("chromium not found (set BROWSER_VALIDATE_CHROMIUM)")
-            if self.pw is None:
-                self.pw = sync_playwright().start()
-            self.browser = self.pw.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS, headless=True)
-            self.pid = os.getpid()
-        return self.browser
-
-    def close(self):
-        if self.pid is not None and self.pid != os.getpid():
-            return
-        for closer in (lambda: self.browser and self.browser.close(), lambda: self.pw and self.pw.stop()):
-            try:
-                closer()
-            except Exception:
-                pass
-        self.browser = None
-        self.pw = None
-
-
-_BROWSER = _Browser()
-
-
-def close_browser() -> None:
-    _BROWSER.close()
-
-
-atexit.register(close_browser)
-
-
-# --------------------------------------------------------------------------- memory sampling
-
-def _renderer_pids() -> set[int]:
-    """Renderer processes of Chromium browsers started (indirectly) by this process."""
-    pids = set()
-    try:
-        for p in psutil.Process().children(recursive=True):
-            try:
-                cmd = p.cmdline()
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                continue
-            if "--type=renderer" in cmd and not any(a.startswith("--extension-process") for a in cmd):
-                pids.add(p.pid)
-    except psutil.Error:
-        pass
-    return pids
-
-
-def _gpu_pids() -> set[int]:
-    """The GPU process of our Chromium (shared by all pages; WebGPU/WebGL buffers live there)."""
-    pids = set()
-    try:
-        for p in psutil.Process().children(recursive=True):
-            try:
-                if "--type=gpu-process" in p.cmdline():
-                    pids.add(p.pid)
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                continue
-    except psutil.Error:
-        pass
-    return pids
-
-
-def _rss(pids: set[int]) -> int:
-    total = 0
-    for pid in pids:
-        try:
-            total += psutil.Process(pid).memory_info().rss
-        except psutil.Error:
-            pass
-    return total
-
-
-class _MemorySampler(threading.Thread):
-    """Samples the page renderer's RSS every ~50 ms: the wasm heap lives there, and the JS heap
-    APIs (performance.memory, CDP JSHeapUsedSize) miss it."""
-
-    def __init__(self, pids: set[int], gpu_pids: set[int] = frozenset()):
-        super().__init__(name="browser-validate-mem", daemon=True)
-        self.pids = pids
-        self.gpu_pids = gpu_pids
-        self.peak = 0
-        self.gpu_peak = 0
-        self._halt = threading.Event()
-
-    def run(self):
-        while not self._halt.is_set():
-            self.peak = max(self.peak, _rss(self.pids))
-            if self.gpu_pids:
-                self.gpu_peak = max(self.gpu_peak, _rss(self.gpu_pids))
-            self._halt.wait(MEMORY_SAMPLE_S)
-
-    def stop(self) -> int:
-        self._halt.set()
-        self.join(timeout=2)
-        return self.peak
-
-
-def _baseline_memory(pids: set[int]) -> int:
-    samples = []
-    for _ in range(3):
-        samples.append(_rss(pids))
-        time.sleep(MEMORY_SAMPLE_S)
-    return int(np.median(samples))
-
-
-# --------------------------------------------------------------------------- job directory
-
-def _write_job(req: MeasureRequest, job_dir: Path) -> None:
-    """Model files + inputs as raw little-endian binaries and a manifest the page reads."""
-    names = [Path(f).name for f in req.model_files]
-    if len(set(names)) != len(names):
-        raise ValueError(f"model files must have distinct names: {names}")
-    model_files = []
-    for src, name in zip(req.model_files, names):
-        dst = job_dir / "model" / name
-        dst.parent.mkdir(exist_ok=True)
-        # Copy (never symlink: the server refuses links that leave the job root).
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copyfile(src, dst)
-        model_files.append({"name": name, "file": f"model/{name}", "size": dst.stat().st_size})
-    if not req.inputs:
-        raise ValueError("no inputs given")
-    counts = {k: np.asarray(v).shape[0] if np.asarray(v).ndim else 0 for k, v in req.inputs.items()}
-    if len(set(counts.values())) != 1 or 0 in counts.values():
-        raise ValueError(f"inputs must be stacked on axis 0 with equal, non-zero sample counts: {counts}")
-    inputs = []
-    for i, (name, arr) in enumerate(req.inputs.items()):
-        arr = np.asarray(arr)
-        dtype = "bool" if arr.dtype == np.bool_ else arr.dtype.name
-        if dtype not in SUPPORTED_DTYPES:
-            raise ValueError(f"input {name}: unsupported dtype {arr.dtype}")
-        fname = f"inputs/{i}.bin"
-        (job_dir / "inputs").mkdir(exist_ok=True)
-        np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tofile(job_dir / fname)
-        inputs.append({"name": name, "dtype": dtype, "shape": list(arr.shape), "file": fname})
-    manifest = {"model_files": model_files, "inputs": inputs, "num_samples": next(iter(counts.values()))}
-    (job_dir / "manifest.json").write_text(json.dumps(manifest))
-
-
-def _decode_outputs(chunks: list[dict]) -> dict[str, np.ndarray]:
-    per_name: dict[str, list[np.ndarray]] = {}
-    for chunk in chunks:
-        for name, t in chunk.items():
-            dtype = np.dtype("bool" if t["dtype"] == "bool" else t["dtype"]).newbyteorder("<")
-            arr = np.frombuffer(base64.b64decode(t["b64"]), dtype=dtype).reshape(t["dims"])
-            per_name.setdefault(name, []).append(arr.astype(arr.dtype.newbyteorder("=")))
-    return {k: np.concatenate(v, axis=0) for k, v in per_name.items()}
-
-
 # --------------------------------------------------------------------------- measure
-
-def _is_gpu_error(text: str) -> bool:
-    low = text.lower()
-    return any(m in low for m in GPU_ERROR_MARKERS)
-
 
 def measure(req: MeasureRequest, on_stage: Callable[[str], None] | None = None) -> MeasureResult:
     """Measure one artifact. Never raises for model/browser problems: returns status "failed".
@@ -314,8 +121,9 @@ def _measure(req: MeasureRequest, on_stage=None) -> MeasureResult:
     info = RUNTIMES.get(req.runtime)
     if info is None:
         return MeasureResult(status="failed", error=f"config: unknown runtime {req.runtime!r}")
-    if req.backend not in info.backends:
-        return MeasureResult(status="unsupported", error=f"config: runtime {req.runtime} has no backend {req.backend}")
+    if req.target not in info.targets:
+        return MeasureResult(status="unsupported",
+                             error=f"config: runtime {req.runtime} does not run on target {req.target}")
 
     server = get_server()
     server.mount("/page/", PAGE_DIR)
@@ -325,9 +133,11 @@ def _measure(req: MeasureRequest, on_stage=None) -> MeasureResult:
 
     job_id = uuid.uuid4().hex
     prefix = f"/job/{job_id}/"
-    with tempfile.TemporaryDirectory(prefix="bv-job-") as tmp:
+    # Removed on the way out of the with-block, whatever happened in the browser (_run_page never raises
+    # for browser problems, and an exception would still leave through __exit__).
+    with tempfile.TemporaryDirectory(prefix=JOB_DIR_PREFIX) as tmp:
         try:
-            _write_job(req, Path(tmp))
+            write_job(Path(tmp), req.model_files, req.inputs)
         except (OSError, ValueError) as e:
             return MeasureResult(status="failed", error=f"inputs: {e}")
         server.mount(prefix, tmp)
@@ -365,7 +175,7 @@ def _run_page(req: MeasureRequest, origin: str, job_prefix: str, on_stage=None) 
             stage["done"] = True
             return
         console.append(f"{msg.type}: {text}")
-        if is_console_failure(msg.type, text, req.backend):
+        if is_console_failure(msg.type, text, req.target):
             console_errors.append(text)
 
     def on_crash(_page):
@@ -373,7 +183,7 @@ def _run_page(req: MeasureRequest, origin: str, job_prefix: str, on_stage=None) 
 
     try:
         browser = _BROWSER.get()
-        before = _renderer_pids()
+        before = renderer_pids()
         context = browser.new_context()
         page = context.new_page()
         page.on("console", on_console)
@@ -381,25 +191,25 @@ def _run_page(req: MeasureRequest, origin: str, job_prefix: str, on_stage=None) 
         page.on("crash", on_crash)
 
         stage["name"] = "page"
-        before_goto = _renderer_pids()
+        before_goto = renderer_pids()
         page.goto(f"{origin}/page/index.html", timeout=remaining_ms(), wait_until="load")
         page.wait_for_function("() => window.__benchReady === true", timeout=remaining_ms())
         # The page's renderer: the one the cross-site navigation created (the about:blank one
         # is swapped out); fall back to everything this context added.
-        after_goto = _renderer_pids()
+        after_goto = renderer_pids()
         page_renderers = (after_goto - before_goto) or (after_goto - before) or after_goto
-        result.baseline_memory_bytes = _baseline_memory(page_renderers)
+        result.baseline_memory_bytes = baseline_memory(page_renderers)
 
         cfg = {
-            "runtime": req.runtime, "backend": req.backend, "threads": int(req.threads),
+            "runtime": req.runtime, "target": req.target, "threads": int(req.threads),
             "warmup": int(req.warmup), "runs": int(req.runs), "evalBatch": max(1, int(req.eval_batch)),
             "requiredFeatures": list(req.required_features), "jobBase": job_prefix,
             "debugHangStage": req.debug_hang_stage,
             "qoe": {"modes": list(req.qoe_modes), "durationMs": float(req.qoe_duration_ms)} if req.qoe_modes else None,
         }
-        gpu_pids = _gpu_pids()
-        gpu_baseline = _baseline_memory(gpu_pids) if gpu_pids else None
-        sampler = _MemorySampler(page_renderers, gpu_pids)
+        gpu = gpu_pids()
+        gpu_baseline = baseline_memory(gpu) if gpu else None
+        sampler = MemorySampler(page_renderers, gpu)
         sampler.start()
         # Completion is signalled by a console message; Python keeps its own deadline and polls with
         # page.wait_for_timeout, which the driver serves without the renderer. (page.wait_for_function
@@ -438,8 +248,8 @@ def _run_page(req: MeasureRequest, origin: str, job_prefix: str, on_stage=None) 
         if result.baseline_memory_bytes is not None and peak:
             result.peak_memory_bytes = max(0, peak - result.baseline_memory_bytes)
         if result.status == "ok":
-            result.outputs = _decode_outputs(r["eval_outputs"])
-            if req.backend == "webgpu" and console_errors:
+            result.outputs = decode_outputs(r["eval_outputs"])
+            if req.target == "webgpu" and console_errors:
                 result.status = "failed"
                 result.error = f"console validation error: {console_errors[0][:300]}"
     except PwTimeout:

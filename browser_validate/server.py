@@ -15,7 +15,6 @@ import threading
 import urllib.parse
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 # Explicit types: the system mimetypes table may not know .wasm/.mjs, and a wrong type breaks
 # WebAssembly.instantiateStreaming and module scripts.

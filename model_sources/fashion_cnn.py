@@ -15,8 +15,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.fsutil import atomic_file
+
 from .datasets import fashion_mnist
-from .training import atomic_output, training_stats
+from .training import training_stats
 
 __all__ = ["INPUT_SHAPE", "FashionCNN", "build", "train", "load", "evaluate"]
 
@@ -62,7 +64,7 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 1
 
 
 def _atomic_save(state: dict, out_path: Path) -> None:
-    with atomic_output(out_path) as tmp:
+    with atomic_file(out_path) as tmp:
         with open(tmp, "wb") as f:
             torch.save(state, f)
             f.flush()

@@ -8,17 +8,18 @@ Layers: Permute, Conv2D+ReLU, MaxPool, Conv2D+ReLU, MaxPool, Flatten, Dense+ReLU
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # see pipeline/convert/tfjs.py
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # see pipeline/sources/keras.py
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from pipeline.fsutil import atomic_file  # noqa: E402
+
 from .datasets import fashion_mnist  # noqa: E402
-from .training import atomic_output, training_stats  # noqa: E402
+from .training import training_stats  # noqa: E402
 
 __all__ = ["INPUT_SHAPE", "INPUT_NAME", "OUTPUT_NAME", "build", "train", "load", "evaluate"]
 
@@ -46,15 +47,9 @@ def build(num_classes: int = 10):
 
 def load(path: str | Path):
     """The model saved by :func:`train` (any file name: a ``.keras`` zip is recognised by content)."""
-    import keras
+    from pipeline.sources.keras import load_keras
 
-    path = Path(path)
-    if path.suffix == ".keras":
-        return keras.saving.load_model(str(path), compile=False)
-    with tempfile.TemporaryDirectory(prefix="fashion-keras-") as d:
-        link = Path(d) / "model.keras"
-        os.symlink(path.resolve(), link)
-        return keras.saving.load_model(str(link), compile=False)
+    return load_keras(Path(path))
 
 
 def evaluate(model, x: np.ndarray, y: np.ndarray, batch_size: int = 1000) -> float:
@@ -82,7 +77,7 @@ def train(out_path: str | Path, epochs: int = 1, seed: int = 0, limit: int | Non
           num_threads: int | None = None) -> dict:
     """Train on the Fashion-MNIST train split (first ``limit`` samples if given) and save the model (Keras 3
     ``.keras`` zip) atomically to ``out_path``: written to a temp file in the same folder, then ``os.replace``.
-    ``out_path`` should end with ``.keras`` (others work with :func:`load` / pipeline.convert.tfjs).
+    ``out_path`` should end with ``.keras`` (others work with :func:`load` / pipeline.sources.keras.load_keras).
 
     Seeded (``keras.utils.set_random_seed``); TF CPU kernels are not bit-deterministic across thread counts.
     Returns ``{"final_loss", "test_accuracy", "train_samples", "test_samples", "epochs", "seed", "seconds",
@@ -113,7 +108,7 @@ def train(out_path: str | Path, epochs: int = 1, seed: int = 0, limit: int | Non
     test_acc = evaluate(model, test_set.inputs["input"], test_set.labels)
     seconds = time.perf_counter() - t0
 
-    with atomic_output(out_path, suffix=".tmp.keras") as tmp:
+    with atomic_file(out_path, suffix=".keras") as tmp:
         model.save(str(tmp), overwrite=True)
     return training_stats(final_loss=final_loss, test_accuracy=test_acc, train_samples=len(y),
                           test_samples=len(test_set.labels), epochs=epochs, seed=seed, seconds=seconds,

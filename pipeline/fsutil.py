@@ -1,13 +1,26 @@
-"""Atomic writes: results appear whole or not at all (temp path in the same folder, then rename)."""
+"""Files: content hashes, locks, and the one way results are written — whole or not at all.
+
+Every result (a task's folder, a converted model, a registry file, a trained weights file) is written into a
+fresh temp folder beside its final place, named ``.<final name>.<random>.tmp``, and moved into place by rename
+only when complete. A crash or kill leaves at most such a temp folder, which ``remove_stale_temps`` clears on the
+next start. Results are made world-readable (files 0644, folders 0755) like any release artifact: a web server
+running as another user must be able to serve them.
+"""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
+from typing import Iterator
+
+TEMP_SUFFIX = ".tmp"
+FILE_MODE, DIR_MODE = 0o644, 0o755
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -20,26 +33,103 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 def digest_files(named_files, seed: bytes = b"") -> str:
     """Short content hash of (name, path) pairs, in the order given: names count, so a rename changes it.
-    Used for cache keys over our own code (family modules, measuring code, TVM runtime headers)."""
+    Used for cache keys over our own code (family packages, measuring code, TVM runtime headers)."""
     h = hashlib.sha256(seed)
     for name, path in named_files:
         h.update(name.encode() + b"\0" + Path(path).read_bytes() + b"\0")
     return h.hexdigest()[:16]
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock (flock) on `path`, held for the block: several workers, one writer."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with open(path, "a+") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _make_readable(root: Path) -> None:
+    for dirpath, dirnames, filenames in os.walk(root):
+        os.chmod(dirpath, DIR_MODE)
+        for name in filenames:
+            p = os.path.join(dirpath, name)
+            if not os.path.islink(p):
+                os.chmod(p, FILE_MODE)
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path, *, merge: bool = False, last: str | None = None) -> Iterator[Path]:
+    """Yield a fresh temp folder beside `final` to write into. On success:
+
+    * default: the folder becomes `final` in one rename (an older `final` is replaced whole);
+    * ``merge=True``: its entries move into the folder `final` (created if missing), which may hold other
+      files; `last` (the entry file) moves at the end, so whoever finds the entry finds what it references.
+
+    On any error the temp folder is removed and `final` is left as it was."""
+    final = Path(final)
+    parent = final if merge else final.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{final.name}.", suffix=TEMP_SUFFIX))
     try:
-        with os.fdopen(fd, "wb") as f:
+        yield tmp
+        _make_readable(tmp)
+        if merge:
+            names = sorted(p.name for p in tmp.iterdir())
+            if last in names:
+                names.remove(last)
+                names.append(last)
+            for name in names:
+                dst = final / name
+                if dst.is_dir() and not dst.is_symlink():
+                    shutil.rmtree(dst)
+                os.replace(tmp / name, dst)
+            tmp.rmdir()
+        elif final.exists():  # a stale result with the same key: replace it whole
+            old = final.with_name(f".{final.name}.old-{os.getpid()}{TEMP_SUFFIX}")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_file(final: Path, *, suffix: str = "") -> Iterator[Path]:
+    """Yield a temp path to write one file (plus any sidecar files beside it, e.g. ONNX external data); on
+    success they move beside `final`, the file itself last. `suffix` is for writers that insist on an
+    extension (Keras wants '.keras'); it is dropped on the way."""
+    final = Path(final)
+    with atomic_dir(final.parent, merge=True, last=final.name) as tmp:
+        inner = tmp / (final.name + suffix)
+        yield inner
+        if suffix and inner.exists():
+            os.replace(inner, tmp / final.name)
+
+
+@contextlib.contextmanager
+def scratch_dir(near: Path) -> Iterator[Path]:
+    """A temporary working folder beside `near` (same filesystem, so results can be renamed out of it), always
+    removed afterwards. For converters' intermediate files, never for results."""
+    parent = Path(near).parent
+    parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{Path(near).name}.scratch-", suffix=TEMP_SUFFIX, dir=parent) as d:
+        yield Path(d)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    with atomic_file(path) as tmp:
+        with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def write_json_atomic(path: Path, obj) -> None:
@@ -57,32 +147,32 @@ def _json_default(o):
 
 
 def copy_atomic(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_file(dst) as tmp:
         shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
-@contextlib.contextmanager
-def atomic_dir(final: Path):
-    """Yield a temp folder beside `final`; on success it becomes `final` in one rename, on error it is removed."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
-    try:
-        yield tmp
-        if final.exists():  # a stale result of an earlier run with the same key: replace it whole
-            old = final.with_name(f".{final.name}.old-{os.getpid()}")
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+def remove_stale_temps(root: Path, older_than_s: float = 3600.0) -> list[Path]:
+    """Remove temp folders/files (``.*.tmp``) under `root` left by killed runs. Only those untouched for
+    `older_than_s`: a concurrent build's live temp folder is recent."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    cutoff = time.time() - older_than_s
+    removed = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in list(dirnames) + filenames:
+            if not (name.startswith(".") and name.endswith(TEMP_SUFFIX)):
+                continue
+            p = Path(dirpath) / name
+            try:
+                if p.lstat().st_mtime > cutoff:
+                    continue
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                    dirnames.remove(name)
+                else:
+                    p.unlink()
+                removed.append(p)
+            except FileNotFoundError:
+                continue
+    return removed

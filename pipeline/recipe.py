@@ -13,16 +13,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
+from pipeline.objectives import OBJECTIVES
+from pipeline.outcome import RecipeError, SourceError
 from pipeline.targets import TARGETS
 
 CALLABLE_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 NAME_RE = r"^[a-z0-9][a-z0-9_.-]*$"
-
-
-class RecipeError(Exception):
-    """A recipe is unusable. The message names the file, the field (or stage) and the cause."""
 
 
 class _Strict(BaseModel):
@@ -48,10 +46,10 @@ class CallableRef(_Strict):
         try:
             mod = importlib.import_module(mod_name)
         except ImportError as e:
-            raise RecipeError(f"cannot import module {mod_name!r} ({e})") from None
+            raise SourceError(f"cannot import module {mod_name!r} ({e})") from None
         fn = getattr(mod, attr, None)
         if not callable(fn):
-            raise RecipeError(f"{mod_name!r} has no callable {attr!r}")
+            raise SourceError(f"{mod_name!r} has no callable {attr!r}")
         return fn
 
     def call(self, **extra):
@@ -166,7 +164,9 @@ class NetworkProfile(_Strict):
     latency_ms: float = Field(0, ge=0)
 
 
-class BackendMeasure(_Strict):
+class Measure(_Strict):
+    """How candidates are measured on one target (defaults per target: pipeline.targets)."""
+
     warmup: int = Field(3, ge=0)
     runs: int = Field(20, ge=1)
     threads: int = Field(1, ge=1, le=16)
@@ -182,34 +182,33 @@ class BackendMeasure(_Strict):
     network_profile: NetworkProfile | None = None
 
 
-def _default_measure() -> dict[str, BackendMeasure]:
-    # Software WebGPU here is 700-2200x slower than native (TOOLCHAIN.md): few runs, correctness first.
-    return {"wasm": BackendMeasure(), "webgpu": BackendMeasure(warmup=1, runs=3, timeout_s=1200),
-            "webgl": BackendMeasure(warmup=1, runs=5)}
+def _default_measure() -> dict[str, Measure]:
+    return {name: Measure(**t.measure_defaults) for name, t in TARGETS.items()}
 
 
-OBJECTIVES = ("latency", "cold_start", "size", "memory", "responsiveness")
-
-
-class Goals(_Strict):
-    """Hard limits a candidate must meet to be chosen at all (besides the accuracy budget)."""
-
-    latency_ms: float | None = Field(None, gt=0)            # steady median
-    max_slowdown_vs_native: float | None = Field(None, gt=0)  # browser median / native median
-    cold_start_ms: float | None = Field(None, gt=0)         # download + session + first inference
-    size_bytes: int | None = Field(None, gt=0)              # download
-    memory_bytes: int | None = Field(None, gt=0)            # peak renderer memory above baseline
-    input_delay_ms: float | None = Field(None, gt=0)        # p95 input delay in the mode it ships in
+# Hard limits a candidate must meet to be chosen at all (besides the accuracy budget): one optional upper bound
+# per objective (pipeline.objectives), e.g. `input_delay_ms: 100` bounds `responsiveness`.
+Goals = create_model(
+    "Goals", __base__=_Strict,
+    **{o.goal: (float | None, Field(None, gt=0, description=f"upper bound of {o.label} ({o.unit})"))
+       for o in OBJECTIVES.values()})
 
 
 class Selection(_Strict):
     # Candidates are ranked by the objectives in order: a later objective decides only between
     # candidates within `tie_tolerance` (relative) on every earlier one. The download size breaks
     # remaining ties.
-    objectives: list[Literal["latency", "cold_start", "size", "memory", "responsiveness"]] = Field(
-        default_factory=lambda: ["latency"], min_length=1)
+    objectives: list[str] = Field(default_factory=lambda: ["latency"], min_length=1)
     goals: Goals = Goals()
     tie_tolerance: float = Field(0.02, ge=0, le=0.5)
+
+    @field_validator("objectives")
+    @classmethod
+    def _objectives(cls, v):
+        unknown = [o for o in v if o not in OBJECTIVES]
+        if unknown:
+            raise ValueError(f"unknown objective(s) {unknown}; known: {list(OBJECTIVES)}")
+        return v
 
 
 class Recipe(_Strict):
@@ -223,7 +222,7 @@ class Recipe(_Strict):
     budget: Budget
     targets: list[str] = Field(min_length=1)
     variants: list[str] | None = None  # None: every variant of every family
-    measure: dict[str, BackendMeasure] = Field(default_factory=_default_measure)
+    measure: dict[str, Measure] = Field(default_factory=_default_measure)
     selection: Selection = Selection()
 
     @field_validator("targets")
@@ -243,7 +242,7 @@ class Recipe(_Strict):
             return v
         from pipeline.families import all_variants
 
-        known = all_variants()
+        known = all_variants()  # every registered family's
         unknown = [x for x in v if x not in known]
         if unknown:
             raise ValueError(f"unknown variant(s) {unknown}; known: {sorted(known)}")
@@ -267,19 +266,19 @@ class Recipe(_Strict):
         return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()
 
     def resolve_file(self, ref: FileRef) -> Path:
-        """Locate a FileRef; RecipeError if missing."""
+        """Locate a FileRef; SourceError if missing."""
         if ref.package_file is not None:
             from model_sources.packages import package_file
 
             try:
                 return package_file(ref.package_file.package, ref.package_file.path)
             except (FileNotFoundError, ModuleNotFoundError, ImportError) as e:
-                raise RecipeError(str(e)) from None
+                raise SourceError(str(e)) from None
         p = Path(ref.file)
         if not p.is_absolute() and self.path is not None:
             p = self.path.parent / p
         if not p.is_file():
-            raise RecipeError(f"file not found: {p}")
+            raise SourceError(f"file not found: {p}")
         return p
 
 

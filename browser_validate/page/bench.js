@@ -1,14 +1,13 @@
 // Runtime-agnostic measuring page. Python calls window.startBench(cfg) and waits (with its own
 // deadline) for the console message "[bench] done", then reads window.__bench.result.
 // Python-side waiting means a page stuck in a synchronous loop becomes a timeout, not a hang.
-// The runtime adapter (/runtimes/<runtime>.js) only knows how to probe/load/run/release.
+// The page knows targets; the runtime adapter (/runtimes/<runtime>.js, interface in adapter.js) only
+// knows how to load/run/release on one, through its own backend.
+//
+// cfg (from harness.py): {runtime, target, threads, warmup, runs, evalBatch, requiredFeatures, jobBase,
+//                         debugHangStage, qoe: {modes, durationMs} | null}
 
-const TYPED = {
-  float32: Float32Array, float64: Float64Array, float16: Uint16Array,
-  int8: Int8Array, uint8: Uint8Array, bool: Uint8Array,
-  int16: Int16Array, uint16: Uint16Array, int32: Int32Array, uint32: Uint32Array,
-  int64: BigInt64Array, uint64: BigUint64Array,
-};
+import {TYPED, probeTarget} from '/runtimes/adapter.js';
 
 const state = {stage: 'idle', done: false, result: null};
 window.__bench = state;
@@ -134,7 +133,7 @@ async function qoeWorker(cfg, files, single, durationMs) {
     worker.postMessage(msg, transfer);
   });
   try {
-    await call({op: 'load', runtime: cfg.runtime, backend: cfg.backend, threads: cfg.threads, files});
+    await call({op: 'load', runtime: cfg.runtime, target: cfg.target, threads: cfg.threads, files});
     await call({op: 'run', feeds: single});  // first inference outside the window, like the main-thread mode
     const w = startWatch();
     const done = await call({op: 'loop', feeds: single, durationMs});
@@ -150,7 +149,7 @@ async function bench(cfg) {
     status: 'ok', error: null, download_bytes: 0, download_ms: 0, session_ms: 0, first_inference_ms: 0,
     latency_ms: [], eval_outputs: [],
     env: {userAgent: navigator.userAgent, crossOriginIsolated: self.crossOriginIsolated,
-          hardwareConcurrency: navigator.hardwareConcurrency, backend: cfg.backend, runtime: cfg.runtime},
+          hardwareConcurrency: navigator.hardwareConcurrency, target: cfg.target, runtime: cfg.runtime},
   };
   let adapter = null;
   try {
@@ -159,14 +158,14 @@ async function bench(cfg) {
     adapter = await import(`/runtimes/${cfg.runtime}.js`);
 
     setStage('probe', cfg);
-    const probe = await adapter.probe(cfg.backend);
+    const probe = await probeTarget(cfg.target);
     res.env.probe = probe;
     if (!probe.available) {
-      return {...res, status: 'unsupported', error: `probe: backend ${cfg.backend} unavailable: ${probe.reason || ''}`};
+      return {...res, status: 'unsupported', error: `probe: target ${cfg.target} unavailable: ${probe.reason || ''}`};
     }
     const missing = (cfg.requiredFeatures || []).filter((f) => !probe.features.includes(f));
     if (missing.length) {
-      return {...res, status: 'unsupported', error: `probe: ${cfg.backend} adapter lacks feature(s) ${missing.join(', ')}`};
+      return {...res, status: 'unsupported', error: `probe: ${cfg.target} adapter lacks feature(s) ${missing.join(', ')}`};
     }
 
     setStage('inputs', cfg);
@@ -193,7 +192,7 @@ async function bench(cfg) {
 
     setStage('session', cfg);
     t0 = performance.now();
-    const loaded = await adapter.load({files, backend: cfg.backend, threads: cfg.threads});
+    const loaded = await adapter.load({files, target: cfg.target, threads: cfg.threads});
     res.session_ms = performance.now() - t0;
     res.env.session = loaded && loaded.info;
     // Keep the model bytes only if a Worker will need them; otherwise let them be collected.

@@ -1,8 +1,12 @@
-"""Browser runtimes the measuring page can load.
+"""Browser runtimes the measuring page can load, and the targets each runs on.
 
-Adding a runtime = one entry here + ``runtimes/<name>.js`` implementing the adapter interface
-(``probe``, ``load``, ``run``, ``release``; see ``ort.js``). ``static_mount`` is served by the local
-server so the adapter can import the runtime's own JS/wasm from the same origin.
+Adding a runtime = ``runtimes/<name>.js`` implementing the adapter interface of ``adapter.js``
+(``load({files, target, threads})``, ``run``, ``release``, ``env``) + one row in ``RUNTIMES``.
+
+``RUNTIMES`` is the only place that says which targets (``wasm``, ``webgpu``, ``webgl``: what a web app can
+count on in a visitor's browser) a runtime runs on: the harness refuses any other target before a page is
+opened, so the adapters carry no list of their own. ``static_mount`` is served by the local server so the
+adapter can import the runtime's own JS/wasm from the same origin, as a deployed app would.
 """
 
 from __future__ import annotations
@@ -12,31 +16,32 @@ from pathlib import Path
 
 RUNTIMES_DIR = Path(__file__).resolve().parent
 NODE_MODULES = RUNTIMES_DIR.parent / "node_modules"
+ADAPTER_INTERFACE = RUNTIMES_DIR / "adapter.js"  # shared by every adapter and the measuring page
 
 
 @dataclass(frozen=True)
 class RuntimeInfo:
     js: str  # adapter file in this directory, served as /runtimes/<js>
-    backends: tuple[str, ...]
+    targets: tuple[str, ...]
     static_mount: tuple[str, Path] | None = None  # (URL prefix, directory)
 
 
 RUNTIMES: dict[str, RuntimeInfo] = {
     "ort": RuntimeInfo(
         js="ort.js",
-        backends=("wasm", "webgpu"),
+        targets=("wasm", "webgpu"),
         static_mount=("/ort/", NODE_MODULES / "onnxruntime-web" / "dist"),
     ),
     "tvm": RuntimeInfo(
         js="tvm.js",
-        backends=("wasm", "webgpu"),
+        targets=("wasm", "webgpu"),
         static_mount=("/tvmjs/", NODE_MODULES / "@mlc-ai" / "web-runtime" / "lib"),
     ),
     # One mount for tfjs: its core bundle and the wasm/webgpu backend bundles (+ .wasm files) live in sibling
     # packages, all served from node_modules/@tensorflow (only dist/ files are requested).
     "tfjs": RuntimeInfo(
         js="tfjs.js",
-        backends=("wasm", "webgl", "webgpu"),
+        targets=("wasm", "webgl", "webgpu"),
         static_mount=("/tfjs/", NODE_MODULES / "@tensorflow"),
     ),
 }

@@ -1,30 +1,23 @@
-// ONNX Runtime Web adapter.
+// ONNX Runtime Web adapter: implements the Adapter interface of adapter.js.
 //
-// Adapter interface shared by every runtime (tfjs, tvm, ... implement the same functions):
-//   probe(backend)                      -> {available, features: [..], info: {..}, reason?}
-//   load({files, backend, threads})     -> {info}     files[0] is the entry; files = [{name, data: ArrayBuffer}]
-//   run(feeds)                          -> {name: {data: TypedArray, dims: [..], dtype: 'float32'|...}}
-//   release()
-//   env()                               -> runtime details for the report (version, threads used, ...)
-// feeds are {name: {data: TypedArray, dims: [..], dtype}}.
+// ORT's own backend is its execution provider; for the targets it runs on the EP has the target's name.
+// One bundle per target, as a deployed app would import it: the wasm-only bundle is the smallest; the
+// webgpu bundle ("onnxruntime-web/webgpu") carries its own wasm build.
+import {watchGpuDevice} from './adapter.js';
 
-// One bundle per backend, as a deployed app would import it: the wasm-only bundle is the
-// smallest; the webgpu bundle ("onnxruntime-web/webgpu") carries its own wasm build.
-import {probeBackend} from './probe.js';
-
+const EXECUTION_PROVIDER = {wasm: 'wasm', webgpu: 'webgpu'};
 const BUNDLES = {
   wasm: '/ort/ort.wasm.min.mjs',
   webgpu: '/ort/ort.webgpu.min.mjs',
-  webgl: '/ort/ort.all.min.mjs',
 };
 
 let ort = null;
 let session = null;
-let backendUsed = null;
+let targetUsed = null;
 
-async function importOrt(backend) {
-  const url = BUNDLES[backend];
-  if (!url) throw new Error(`ort: unknown backend ${backend}`);
+async function importOrt(target) {
+  const url = BUNDLES[target];
+  if (!url) throw new Error(`ort: does not run on target ${target}`);
   ort = await import(url);
   // Resolve the .wasm/.mjs side files from our server, not relative to a CDN.
   ort.env.wasm.wasmPaths = '/ort/';
@@ -33,35 +26,20 @@ async function importOrt(backend) {
   return ort;
 }
 
-export function probe(backend) {
-  return probeBackend(backend, ['wasm', 'webgpu', 'webgl']);
-}
-
-export async function load({files, backend, threads}) {
-  await importOrt(backend);
+export async function load({files, target, threads}) {
+  await importOrt(target);
   ort.env.wasm.numThreads = threads;
-  backendUsed = backend;
+  targetUsed = target;
+  const ep = EXECUTION_PROVIDER[target];
   const [entry, ...rest] = files;
   const options = {
-    executionProviders: [backend],
+    executionProviders: [ep],
     graphOptimizationLevel: 'all',
     // Extra files (e.g. model.onnx.data) are external weights referenced by relative path.
     externalData: rest.map((f) => ({path: f.name, data: new Uint8Array(f.data)})),
   };
   session = await ort.InferenceSession.create(new Uint8Array(entry.data), options);
-  if (backend === 'webgpu') {
-    // ORT does not surface WebGPU validation errors; put them on the console, where the
-    // harness treats them as failures (otherwise they are silent wrong results).
-    const device = await ort.env.webgpu.device;
-    if (device && device.addEventListener) {
-      device.addEventListener('uncapturederror', (e) =>
-        console.error(`GPUValidationError (uncaptured): ${e.error && e.error.message}`));
-      // 'destroyed' is our own session.release(); any other loss invalidates results.
-      device.lost && device.lost.then((l) => {
-        if (l.reason !== 'destroyed') console.error(`GPU device lost: ${l.reason} ${l.message}`);
-      });
-    }
-  }
+  if (ep === 'webgpu') watchGpuDevice(await ort.env.webgpu.device);
   return {info: {inputNames: session.inputNames, outputNames: session.outputNames}};
 }
 
@@ -87,8 +65,8 @@ export function env() {
   return {
     runtime: 'ort',
     version: ort ? (ort.env.versions && (ort.env.versions.web || ort.env.versions.common)) : null,
-    bundle: BUNDLES[backendUsed],
+    bundle: BUNDLES[targetUsed],
     wasmThreads: ort ? ort.env.wasm.numThreads : null,
-    backend: backendUsed,
+    backend: EXECUTION_PROVIDER[targetUsed] || null,  // the execution provider
   };
 }

@@ -1,6 +1,5 @@
-// TensorFlow.js adapter (graph models written by pipeline/convert/tfjs.py).
-//
-// Same interface as ort.js: probe(backend), load({files, backend, threads}), run(feeds), release(), env().
+// TensorFlow.js adapter (graph models written by pipeline/families/tfjs/convert.py): implements the Adapter interface
+// of adapter.js. Each target maps onto the tfjs backend of the same name (tf.setBackend).
 // files = [{name, data: ArrayBuffer}] with model.json first, then the weight shards and tfjs_manifest.json.
 // The manifest maps the recipe's input/output names onto the graph model's signature / node names, so
 // feeds and results use the recipe's names.
@@ -9,10 +8,12 @@
 // global `tf` (they work the same on the page and inside a module Worker): tfjs (core + converter + cpu +
 // webgl), then the wasm or webgpu backend, which attach to that global.
 
-import {probeBackend} from './probe.js';
+import {watchGpuDevice} from './adapter.js';
 
 const BASE = '/tfjs/';
 const CORE = `${BASE}tfjs/dist/tf.es2017.min.js`;
+const BACKEND_FOR_TARGET = {wasm: 'wasm', webgl: 'webgl', webgpu: 'webgpu'};
+// Bundle per tfjs backend, loaded on top of the core bundle.
 const BACKENDS = {
   wasm: `${BASE}tfjs-backend-wasm/dist/tf-backend-wasm.es2017.min.js`,
   webgpu: `${BASE}tfjs-backend-webgpu/dist/tf-backend-webgpu.es2017.min.js`,
@@ -31,17 +32,12 @@ let inputMap = [];   // [{name (recipe), key (graph model input name), dtype}]
 let outputMap = [];  // [{name (recipe), key (graph model output name)}]
 
 async function importTf(backend) {
-  if (!(backend in BACKENDS)) throw new Error(`tfjs: unknown backend ${backend}`);
   if (!globalThis.tf || !globalThis.tf.loadGraphModel) await import(CORE);
   tf = globalThis.tf;
   if (BACKENDS[backend] && !(backend === 'wasm' ? tf.wasm && tf.wasm.setWasmPaths : tf.findBackendFactory('webgpu'))) {
     await import(BACKENDS[backend]);
   }
   return tf;
-}
-
-export function probe(backend) {
-  return probeBackend(backend, ['wasm', 'webgpu', 'webgl']);
 }
 
 function byName(files) {
@@ -109,24 +105,16 @@ async function setBackend(backend, threads) {
     details.wasmMultithread = await tf.env().getAsync('WASM_HAS_MULTITHREAD_SUPPORT');
     details.wasmThreads = typeof tf.wasm.getThreadsCount === 'function' ? tf.wasm.getThreadsCount() : null;
   }
-  if (backend === 'webgpu') {
-    const device = tf.backend().device;
-    if (device && device.addEventListener) {
-      // Surface WebGPU validation errors on the console, where the harness treats them as failures.
-      device.addEventListener('uncapturederror', (e) =>
-        console.error(`GPUValidationError (uncaptured): ${e.error && e.error.message}`));
-      device.lost && device.lost.then((l) => {
-        if (l.reason !== 'destroyed') console.error(`GPU device lost: ${l.reason} ${l.message}`);
-      });
-    }
-  }
+  if (backend === 'webgpu') watchGpuDevice(tf.backend().device);
   if (backend === 'webgl') {
     details.webglVersion = tf.env().getNumber('WEBGL_VERSION');
     details.webglFloat32 = tf.env().getBool('WEBGL_RENDER_FLOAT32_ENABLED');
   }
 }
 
-export async function load({files, backend, threads}) {
+export async function load({files, target, threads}) {
+  const backend = BACKEND_FOR_TARGET[target];
+  if (!backend) throw new Error(`tfjs: does not run on target ${target}`);
   await importTf(backend);
   backendUsed = backend;
   await setBackend(backend, threads);

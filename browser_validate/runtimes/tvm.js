@@ -1,7 +1,7 @@
-// Apache TVM adapter on top of npm @mlc-ai/web-runtime (tvmjs). Same interface as ort.js:
-//   probe(backend) / load({files, backend, threads}) / run(feeds) / release() / env()
+// Apache TVM adapter on top of npm @mlc-ai/web-runtime (tvmjs): implements the Adapter interface of adapter.js.
+// A module is compiled for one target; TVM runs it on the matching device (wasm: cpu, webgpu: webgpu).
 //
-// Artifacts (pipeline/convert/tvm.py, compile_onnx) arrive entry first:
+// Artifacts (pipeline/families/tvm/compile.py, compile_onnx) arrive entry first:
 //   model.wasm       the Relax VM executable + kernels linked with the TVM web runtime (emcc)
 //   tvm_meta.json    input/output names, compiled shapes and dtypes, parameter layout
 //   params.bin       (only for builds with separate weights) raw little-endian tensors, see meta.params
@@ -10,16 +10,10 @@
 // differs from the compiled one is split into compiled-batch slices that run one after another; the
 // outputs are concatenated on axis 0. Rows are independent in inference models, so results are the same.
 
-import {probeBackend} from './probe.js';
+import {TYPED} from './adapter.js';
 
 const TVMJS_URL = '/tvmjs/index.js';  // UMD bundle: importing it defines globalThis.tvmjs
-
-const TYPED = {
-  float32: Float32Array, float64: Float64Array, float16: Uint16Array,
-  int8: Int8Array, uint8: Uint8Array, bool: Uint8Array,
-  int16: Int16Array, uint16: Uint16Array, int32: Int32Array, uint32: Uint32Array,
-  int64: BigInt64Array, uint64: BigUint64Array,
-};
+const DEVICE_FOR_TARGET = {wasm: 'cpu', webgpu: 'webgpu'};
 
 let tvmjs = null;
 let inst = null;       // tvmjs.Instance
@@ -28,17 +22,13 @@ let vm = null;
 let mainFn = null;
 let meta = null;
 let params = [];       // device tensors passed after the inputs (separate-weights builds)
-let backendUsed = null;
+let targetUsed = null;
 let gpuInfo = null;
 
 async function importTvmjs() {
   if (!globalThis.tvmjs) await import(TVMJS_URL);
   if (!globalThis.tvmjs) throw new Error(`tvm: ${TVMJS_URL} did not define tvmjs`);
   return globalThis.tvmjs;
-}
-
-export function probe(backend) {
-  return probeBackend(backend, ['wasm', 'webgpu']);
 }
 
 function byName(files, name) {
@@ -59,17 +49,18 @@ function toTyped(bytes, dtype) {
   return new Typed(copy.buffer);
 }
 
-export async function load({files, backend}) {
+export async function load({files, target}) {
+  if (!DEVICE_FOR_TARGET[target]) throw new Error(`tvm: does not run on target ${target}`);
   const [entry] = files;
   const metaBuf = byName(files, 'tvm_meta.json');
   if (!metaBuf) throw new Error('tvm: tvm_meta.json missing from the artifact');
   meta = JSON.parse(new TextDecoder().decode(metaBuf));
-  if (meta.target !== backend) throw new Error(`tvm: module compiled for ${meta.target}, asked to run on ${backend}`);
+  if (meta.target !== target) throw new Error(`tvm: module compiled for ${meta.target}, asked to run on ${target}`);
 
   tvmjs = await importTvmjs();
   inst = await tvmjs.instantiate(entry.data, tvmjs.createPolyfillWASI(), (msg) => console.log(`[tvm] ${msg}`));
-  backendUsed = backend;
-  if (backend === 'webgpu') {
+  targetUsed = target;
+  if (target === 'webgpu') {
     const gpu = await tvmjs.detectGPUDevice();
     if (!gpu) throw new Error('tvm: detectGPUDevice() found no WebGPU device');
     gpuInfo = gpu.adapterInfo ? {vendor: gpu.adapterInfo.vendor, architecture: gpu.adapterInfo.architecture} : {};
@@ -103,7 +94,7 @@ export async function load({files, backend}) {
   } finally {
     inst.endScope();
   }
-  if (backend === 'webgpu') await dev.sync();
+  if (target === 'webgpu') await dev.sync();
   return {info: {inputNames: meta.inputs.map((i) => i.name), outputNames: meta.outputs.map((o) => o.name),
                  compiledBatch: meta.batch, weights: meta.weights}};
 }
@@ -126,8 +117,8 @@ async function runOnce(feeds) {
     if (outs.length !== meta.outputs.length) {
       throw new Error(`tvm: main returned ${outs.length} outputs, expected ${meta.outputs.length}`);
     }
-    const host = outs.map((t) => (backendUsed === 'webgpu' ? inst.empty(t.shape, t.dtype, inst.cpu()).copyFrom(t) : t));
-    if (backendUsed === 'webgpu') await dev.sync();
+    const host = outs.map((t) => (targetUsed === 'webgpu' ? inst.empty(t.shape, t.dtype, inst.cpu()).copyFrom(t) : t));
+    if (targetUsed === 'webgpu') await dev.sync();
     const result = {};
     meta.outputs.forEach((spec, i) => {
       result[spec.name] = {data: toTyped(host[i].toRawBytes(), host[i].dtype), dims: [...host[i].shape], dtype: host[i].dtype};
@@ -179,7 +170,7 @@ export async function release() {
   if (mainFn) mainFn.dispose();
   if (vm) vm.dispose();
   mainFn = vm = null;
-  if (backendUsed === 'webgpu') inst.deviceLostIsError = false;  // our own teardown is not an error
+  if (targetUsed === 'webgpu') inst.deviceLostIsError = false;  // our own teardown is not an error
   inst.dispose();
   inst = null;
 }
@@ -188,7 +179,7 @@ export function env() {
   return {
     runtime: 'tvm',
     package: '@mlc-ai/web-runtime',
-    backend: backendUsed,
+    device: DEVICE_FOR_TARGET[targetUsed] || null,  // TVM's own name for where the module runs
     compiledBatch: meta ? meta.batch : null,
     weights: meta ? meta.weights : null,
     tvmVersion: meta ? meta.tvm_version : null,

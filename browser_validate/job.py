@@ -1,0 +1,66 @@
+"""The files one measurement serves to the page, and the outputs it sends back.
+
+A job folder holds the model files (what a user downloads), the inputs as raw little-endian binaries (so
+the page builds typed arrays without parsing) and a manifest the page reads first. The harness creates it
+in a temporary directory that is removed when the measurement ends, however it ends.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+JOB_DIR_PREFIX = "bv-job-"
+# The dtypes the page can turn into typed arrays (TYPED in runtimes/adapter.js).
+SUPPORTED_DTYPES = {"float32", "float64", "float16", "int8", "uint8", "bool", "int16", "uint16",
+                    "int32", "uint32", "int64", "uint64"}
+
+
+def write_job(job_dir: Path, model_files: list[Path], inputs: dict[str, np.ndarray]) -> None:
+    """Model files + inputs as raw little-endian binaries and a manifest the page reads."""
+    names = [Path(f).name for f in model_files]
+    if len(set(names)) != len(names):
+        raise ValueError(f"model files must have distinct names: {names}")
+    entries = []
+    for src, name in zip(model_files, names):
+        dst = job_dir / "model" / name
+        dst.parent.mkdir(exist_ok=True)
+        # Copy (never symlink: the server refuses links that leave the job root).
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copyfile(src, dst)
+        entries.append({"name": name, "file": f"model/{name}", "size": dst.stat().st_size})
+    if not inputs:
+        raise ValueError("no inputs given")
+    counts = {k: np.asarray(v).shape[0] if np.asarray(v).ndim else 0 for k, v in inputs.items()}
+    if len(set(counts.values())) != 1 or 0 in counts.values():
+        raise ValueError(f"inputs must be stacked on axis 0 with equal, non-zero sample counts: {counts}")
+    input_entries = []
+    for i, (name, arr) in enumerate(inputs.items()):
+        arr = np.asarray(arr)
+        dtype = "bool" if arr.dtype == np.bool_ else arr.dtype.name
+        if dtype not in SUPPORTED_DTYPES:
+            raise ValueError(f"input {name}: unsupported dtype {arr.dtype}")
+        fname = f"inputs/{i}.bin"
+        (job_dir / "inputs").mkdir(exist_ok=True)
+        np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tofile(job_dir / fname)
+        input_entries.append({"name": name, "dtype": dtype, "shape": list(arr.shape), "file": fname})
+    manifest = {"model_files": entries, "inputs": input_entries, "num_samples": next(iter(counts.values()))}
+    (job_dir / "manifest.json").write_text(json.dumps(manifest))
+
+
+def decode_outputs(chunks: list[dict]) -> dict[str, np.ndarray]:
+    """The page's eval outputs (per batch: {name: {dtype, dims, b64}}) concatenated per name on axis 0."""
+    per_name: dict[str, list[np.ndarray]] = {}
+    for chunk in chunks:
+        for name, t in chunk.items():
+            dtype = np.dtype("bool" if t["dtype"] == "bool" else t["dtype"]).newbyteorder("<")
+            arr = np.frombuffer(base64.b64decode(t["b64"]), dtype=dtype).reshape(t["dims"])
+            per_name.setdefault(name, []).append(arr.astype(arr.dtype.newbyteorder("=")))
+    return {k: np.concatenate(v, axis=0) for k, v in per_name.items()}

@@ -1,0 +1,89 @@
+// The runtime adapter interface, and the pieces every adapter shares.
+//
+// Every runtime file next to this one (ort.js, tfjs.js, tvm.js, ...) is an ES module implementing `Adapter`.
+// The measuring page (page/bench.js, page/worker.js) calls it, and a web app's loader will call the same
+// functions: a measurement means what the app will get only if both go through this one interface.
+//
+// A *target* is what a web app can count on in a visitor's browser ('wasm', 'webgpu', 'webgl'). Each adapter
+// maps a target onto its runtime's own backend (ORT execution provider, tfjs setBackend name, TVM device).
+// Which targets a runtime runs on is said in one place only: RUNTIMES in runtimes/__init__.py.
+// Works in a page and in a (module) Web Worker.
+
+/**
+ * @typedef {Float32Array|Float64Array|Int8Array|Uint8Array|Int16Array|Uint16Array|Int32Array|Uint32Array|
+ *           BigInt64Array|BigUint64Array} TypedArray
+ *
+ * @typedef {object} Tensor
+ * @property {TypedArray} data   row-major; float16 travels as raw Uint16Array bits, bool as Uint8Array
+ * @property {number[]} dims
+ * @property {string} dtype      a key of TYPED
+ *
+ * @typedef {object} ModelFile
+ * @property {string} name       file name as converted (the entry file comes first)
+ * @property {ArrayBuffer} data
+ *
+ * @typedef {object} Adapter
+ * @property {(opts: {files: ModelFile[], target: string, threads: number}) => Promise<{info: object}>} load
+ *           create the session for `target`; `info` goes into the report (input/output names, ...)
+ * @property {(feeds: Object<string, Tensor>) => Promise<Object<string, Tensor>>} run
+ *           one inference; feeds and outputs keyed by the model's (recipe's) names
+ * @property {() => Promise<void>} release   free the session (and its GPU resources)
+ * @property {() => object} env              runtime details for the report (version, its own backend, threads, ...)
+ */
+
+/** dtype name -> TypedArray constructor: how tensors cross between files, the page and adapters. */
+export const TYPED = {
+  float32: Float32Array, float64: Float64Array, float16: Uint16Array,
+  int8: Int8Array, uint8: Uint8Array, bool: Uint8Array,
+  int16: Int16Array, uint16: Uint16Array, int32: Int32Array, uint32: Uint32Array,
+  int64: BigInt64Array, uint64: BigUint64Array,
+};
+
+/**
+ * Put a WebGPU device's errors on the console. Runtimes do not surface validation errors or device loss
+ * themselves, so a broken shader would otherwise be a silent wrong result; the harness counts these
+ * console lines as failures.
+ * @param {GPUDevice} device
+ */
+export function watchGpuDevice(device) {
+  if (!device || !device.addEventListener) return;
+  device.addEventListener('uncapturederror', (e) =>
+    console.error(`GPUValidationError (uncaptured): ${e.error && e.error.message}`));
+  // 'destroyed' is the adapter's own release(); any other loss invalidates results.
+  if (device.lost) {
+    device.lost.then((l) => {
+      if (l.reason !== 'destroyed') console.error(`GPU device lost: ${l.reason} ${l.message}`);
+    });
+  }
+}
+
+/**
+ * Whether this browser offers `target`, before any runtime is loaded.
+ * @param {string} target
+ * @returns {Promise<{available: boolean, features: string[], info: object, reason?: string}>}
+ */
+export async function probeTarget(target) {
+  if (target === 'webgpu') {
+    if (!navigator.gpu) return {available: false, features: [], info: {}, reason: 'navigator.gpu missing'};
+    const adapter = await navigator.gpu.requestAdapter();
+    if (!adapter) return {available: false, features: [], info: {}, reason: 'requestAdapter() returned null'};
+    const i = adapter.info || {};
+    return {
+      available: true,
+      features: [...adapter.features].sort(),  // e.g. 'shader-f16', which fp16 models need
+      info: {vendor: i.vendor, architecture: i.architecture, device: i.device, description: i.description,
+             isFallbackAdapter: i.isFallbackAdapter},
+    };
+  }
+  if (target === 'wasm') {
+    return {available: typeof WebAssembly === 'object', features: [], info: {crossOriginIsolated: self.crossOriginIsolated}};
+  }
+  if (target === 'webgl') {
+    const canvas = typeof document !== 'undefined' ? document.createElement('canvas')
+      : (typeof OffscreenCanvas !== 'undefined' ? new OffscreenCanvas(1, 1) : null);
+    const gl = canvas && canvas.getContext('webgl2');
+    return {available: !!gl, features: [], info: gl ? {renderer: gl.getParameter(gl.RENDERER)} : {},
+            reason: gl ? undefined : 'no WebGL2 context'};
+  }
+  return {available: false, features: [], info: {}, reason: `unknown target ${target}`};
+}

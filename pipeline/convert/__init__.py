@@ -1,1 +1,0 @@
-"""Model conversion steps (plain functions; orchestration lives elsewhere)."""

@@ -1,0 +1,58 @@
+"""A variant measured in headless Chromium on one target, against the reference outputs of the same samples."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from pipeline.evaluate.metrics import compare, latency_stats, ship_mode
+from pipeline.evaluate.samples import eval_subset
+from pipeline.outcome import MeasurementError, Unsupported
+
+log = logging.getLogger("luigi-interface")
+
+OUTPUTS_FILE = "outputs.npz"
+# The page's stages in order, for progress reporting.
+STAGES = ["inputs", "download", "session", "first", "eval", "warmup", "timing", "qoe-main", "qoe-worker"]
+
+
+def measure_in_browser(recipe, spec, target: str, files: list[Path], inputs: dict[str, np.ndarray],
+                       labels: np.ndarray | None, reference: dict[str, np.ndarray], out: Path,
+                       progress: Callable[[str, int | None], None] | None = None) -> dict:
+    """Run `files` (variant `spec`) on `target` and return the record its task keeps; the browser's outputs go to
+    `out/outputs.npz`. Raises Unsupported when the browser cannot run it, MeasurementError when the run fails
+    (a crash is retryable: it may be the machine's fault; a timeout is kept: raise measure.<target>.timeout_s)."""
+    from browser_validate.harness import MeasureRequest, measure
+
+    m = recipe.measure[target]
+    if m.max_eval_samples:
+        idx = eval_subset(len(next(iter(inputs.values()))), m.max_eval_samples)
+        inputs, reference = {k: v[idx] for k, v in inputs.items()}, {k: v[idx] for k, v in reference.items()}
+        labels = labels[idx] if labels is not None else None
+    req = MeasureRequest(runtime=spec.runtime, target=target, model_files=list(files), inputs=inputs,
+                         eval_batch=recipe.data.eval_batch, warmup=m.warmup, runs=m.runs, threads=m.threads,
+                         timeout_s=m.timeout_s, qoe_modes=list(m.qoe_modes), qoe_duration_ms=m.qoe_duration_ms,
+                         network_profile=m.network_profile.model_dump() if m.network_profile else None,
+                         required_features=list(spec.required_features.get(target, ())))
+    log.info("%s: measuring %s on %s in Chromium", recipe.name, spec.name, target)
+
+    def on_stage(stage: str) -> None:
+        if progress:
+            progress(stage, int(100 * STAGES.index(stage) / len(STAGES)) if stage in STAGES else None)
+
+    res = measure(req, on_stage=on_stage)
+    record = res.to_json()
+    if res.status == "unsupported":
+        raise Unsupported(res.error or "unsupported on this browser", details={"env": record.get("env")})
+    if res.status != "ok":
+        raise MeasurementError(res.error or "failed", retryable="crash" in (res.error or "").lower(),
+                               details={k: record.get(k) for k in ("env", "console_errors")})
+    np.savez(out / OUTPUTS_FILE, **res.outputs)
+    acc = compare(res.outputs, reference, recipe.outputs, labels)
+    cold = {"download_ms": res.download_ms, "session_ms": res.session_ms, "first_inference_ms": res.first_inference_ms}
+    if res.network_download and "ms" in res.network_download:
+        cold[f"download_ms_{res.network_download['profile']['name']}"] = res.network_download["ms"]
+    return {**record, "accuracy": acc, "ship_mode": ship_mode(res.qoe), "latency": latency_stats(res.latency_ms),
+            "cold_start_ms": res.download_ms + res.session_ms + res.first_inference_ms, "cold_start": cold}

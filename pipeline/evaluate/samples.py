@@ -1,0 +1,82 @@
+"""Evaluation and calibration samples: materialised from the recipe's loader, checked against the recipe's
+inputs, stored as one .npz; evenly spaced subsets for capped evaluations; random inputs for converter checks."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.outcome import DataError
+
+SAMPLES_FILE = "data.npz"
+
+
+def check_samples(recipe, inputs: dict[str, np.ndarray]) -> None:
+    want = {i.name: i for i in recipe.inputs}
+    if set(inputs) != set(want):
+        raise DataError(f"loader gave inputs {sorted(inputs)}, recipe declares {sorted(want)}")
+    counts = {len(v) for v in inputs.values()}
+    if len(counts) != 1 or 0 in counts:
+        raise DataError(f"inputs must hold the same, non-zero number of samples (got {counts})")
+    for name, arr in inputs.items():
+        spec = want[name]
+        if str(arr.dtype) != spec.dtype:
+            raise DataError(f"input {name!r} has dtype {arr.dtype}, recipe says {spec.dtype}")
+        dims = list(arr.shape[1:])
+        if len(dims) != len(spec.shape) - 1 or any(
+                isinstance(s, int) and s != d for s, d in zip(spec.shape[1:], dims)):
+            raise DataError(f"input {name!r} samples have shape {dims}, recipe says {spec.shape[1:]}")
+
+
+def materialise(recipe, loader, out: Path) -> dict:
+    """Call the recipe's loader (a CallableRef returning model_sources.datasets.EvalSet), check the samples and
+    store them in `out`. Returns the record its task keeps."""
+    ds = loader.call()
+    check_samples(recipe, ds.inputs)
+    arrays = {f"input:{k}": v for k, v in ds.inputs.items()}
+    if ds.labels is not None:
+        arrays["labels"] = np.asarray(ds.labels, dtype=np.int64)
+    np.savez(out / SAMPLES_FILE, **arrays)
+    n = len(next(iter(ds.inputs.values())))
+    return {"samples": n, "labelled": ds.labels is not None, "ids": list(ds.ids)[:n]}
+
+
+def load(folder: Path) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    with np.load(Path(folder) / SAMPLES_FILE) as z:
+        inputs = {k.split(":", 1)[1]: z[k] for k in z.files if k.startswith("input:")}
+        labels = z["labels"] if "labels" in z.files else None
+    return inputs, labels
+
+
+def eval_subset(n: int, cap: int) -> np.ndarray:
+    """Evenly spaced sample indices: a capped evaluation still covers the whole set (every photo, every class),
+    not just its first entries."""
+    if cap >= n:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, cap).round().astype(int))
+
+
+def label_accuracy(recipe, outputs: dict[str, np.ndarray], labels: np.ndarray | None) -> float | None:
+    """Top-1 accuracy of the recipe's (last) logits/probabilities output against the labels."""
+    acc = None
+    if labels is not None:
+        for o in recipe.outputs:
+            if o.kind in ("logits", "probabilities"):
+                acc = float((outputs[o.name].reshape(len(labels), -1).argmax(1) == labels).mean())
+    return acc
+
+
+def random_inputs(specs: list[dict], batch: int = 2, seed: int = 0) -> dict[str, np.ndarray] | None:
+    """Random inputs for a converter's self-check, from [{name, dtype, shape}] (shape[0] is the batch);
+    None when a non-batch dimension is dynamic."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for s in specs:
+        shape = list(s["shape"])
+        if any(d is None for d in shape[1:]):
+            return None
+        dt = np.dtype(s["dtype"])
+        shape = [batch] + shape[1:]
+        out[s["name"]] = (rng.standard_normal(shape).astype(dt) if dt.kind == "f"
+                          else rng.integers(0, 4, size=shape).astype(dt))
+    return out

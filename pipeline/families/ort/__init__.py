@@ -1,0 +1,80 @@
+"""The ONNX Runtime Web family: variants of the canonical ONNX model, run by onnxruntime-web (runtime ``ort``).
+The conversions are plain functions in ``convert.py``; this is the table of variants built from them."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.families import BuildInputs, VariantSpec, register
+from pipeline.families.ort.convert import copy_model, int4_matmul, int8_dynamic, int8_qdq, simplify, to_fp16, \
+    via_simplified
+
+MODEL_FILE = "model.onnx"
+
+
+def _variant(step):
+    """A VariantSpec build function from a conversion step ``step(canonical, dst, inputs)``."""
+    def build(inputs: BuildInputs, out_dir: Path) -> list[Path]:
+        dst = out_dir / MODEL_FILE
+        step(inputs.canonical_onnx, dst, inputs)
+        return [dst]
+
+    return build
+
+
+VARIANTS = [
+    VariantSpec(
+        name="fp32", runtime="ort",
+        build=_variant(lambda src, dst, _: copy_model(src, dst)),
+        description="The canonical (exported, checked, shape-inferred) float32 model, unchanged.",
+    ),
+    VariantSpec(
+        name="simplified", runtime="ort",
+        build=_variant(lambda src, dst, _: simplify(src, dst)),
+        description="onnxsim: constant folding, BN folding, MatMul+Add->Gemm on 2-D, numerically checked.",
+    ),
+    VariantSpec(
+        name="fp16", runtime="ort",
+        build=_variant(lambda src, dst, _: via_simplified(to_fp16)(src, dst)),
+        # wasm too: whether ORT's CPU kernels take float16 is measured, not assumed.
+        required_features={"webgpu": ("shader-f16",)},
+        description=(
+            "float16 weights and compute, float32 I/O (Cast at the boundary). Starts from the simplified "
+            "model (folded constants need no Casts). Worth it only on WebGPU with shader-f16: without it "
+            "ORT-web returns garbage silently; wasm has almost no fp16 kernels."
+        ),
+    ),
+    VariantSpec(
+        name="int8_dynamic", runtime="ort",
+        build=_variant(lambda src, dst, _: int8_dynamic(src, dst)),
+        # WebGPU lacks these ops; ORT-web may place them on its CPU kernels instead: measured, not assumed.
+        description=(
+            "Dynamic int8 (onnxruntime quantize_dynamic after quant_pre_process): MatMulInteger/ConvInteger + "
+            "DynamicQuantizeLinear. WebGPU/WebGL have no DynamicQuantizeLinear (ORT-web runs those nodes on its CPU "
+            "kernels); ConvInteger is slow natively and in wasm."
+        ),
+    ),
+    VariantSpec(
+        name="int8_qdq", runtime="ort",
+        build=_variant(lambda src, dst, inputs: via_simplified(
+            lambda s, d: int8_qdq(s, d, inputs.calibration, batch=inputs.calibration_batch))(src, dst)),
+        needs_calibration=True,
+        # Measured on WebGPU too: wrong values there are what the accuracy gate exists to catch.
+        description=(
+            "Static int8, QDQ format (QuantizeLinear/DequantizeLinear around Conv/MatMul/Gemm), per-channel "
+            "int8 weights, uint8 activations, MinMax calibration. Starts from the simplified model (fewer "
+            "tensors to quantize). QDQ on ORT-web WebGPU was seen to give wrong values without an error: the "
+            "accuracy gate decides."
+        ),
+    ),
+    VariantSpec(
+        name="int4", runtime="ort",
+        build=_variant(lambda src, dst, _: int4_matmul(src, dst)),
+        description=(
+            "4-bit weight-only (block 32, symmetric) for MatMul with constant 2-D weights -> com.microsoft "
+            "MatMulNBits; other ops stay float32. Starts from the canonical model, not the simplified one "
+            "(onnxsim fuses 2-D MatMul+Add into Gemm, which the quantizer skips). NotApplicable without such MatMul."
+        ),
+    ),
+]
+
+register("ort", VARIANTS, module=__name__)

@@ -1,0 +1,396 @@
+"""ONNX Runtime Web conversions: plain functions ``step(src, dst, ...)`` that
+
+* read ``src`` (never modify it),
+* write ``dst`` atomically (``pipeline.fsutil.atomic_file``): the result appears only after it passed
+  ``onnx.checker`` and loaded in an onnxruntime session; on any error nothing is left at ``dst``,
+* raise :class:`~pipeline.outcome.ConversionError` (or :class:`~pipeline.outcome.NotApplicable`) naming the step,
+  the file and the cause.
+
+Models up to 2 GB are written as one self-contained ``.onnx`` file; larger ones get a single
+``<dst name>.data`` external-data file next to them. The family's variant table is in ``__init__.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import shutil
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx.version_converter
+
+from pipeline.fsutil import atomic_file, scratch_dir
+from pipeline.onnx_utils import (graph_inputs, graph_ops, load_model, opset_of, ort_session, save_model,
+                                 uses_external_data)
+from pipeline.outcome import ConversionError, NotApplicable, conversion_step
+
+log = logging.getLogger(__name__)
+
+_CHDIR_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def model_output(dst: Path) -> Iterator[Path]:
+    """Where a step writes its model: an atomic file at ``dst`` (external data moves with it, the model last).
+    A stale external-data file of an earlier run must not linger next to a now self-contained model."""
+    dst = Path(dst)
+    with atomic_file(dst) as staged:
+        yield staged
+        if not staged.is_file():
+            raise ConversionError(f"internal error: step produced no file at {staged}")
+        fresh_data = staged.with_name(dst.name + ".data").exists()
+    stale = dst.with_name(dst.name + ".data")
+    if stale.exists() and not fresh_data:
+        stale.unlink()
+
+
+def _ort_loads(path: Path, step: str) -> None:
+    """The produced model must at least load in onnxruntime (CPU EP ~ the ORT-web wasm EP)."""
+    try:
+        ort_session(path)
+    except Exception as e:  # noqa: BLE001
+        raise ConversionError(f"{step}: result does not load in onnxruntime: {type(e).__name__}: {e}") from e
+
+
+def _finish(model: onnx.ModelProto, staged: Path, step: str) -> None:
+    save_model(model, staged)
+    onnx.checker.check_model(str(staged))
+    _ort_loads(staged, step)
+
+
+def _test_input_shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
+    shapes = {}
+    for i in graph_inputs(model):
+        dims = i.type.tensor_type.shape.dim
+        shapes[i.name] = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in dims]
+    return shapes
+
+
+@conversion_step("simplify")
+def simplify(src: Path, dst: Path, *, fuse_matmul_add_into_gemm: bool = True) -> None:
+    """onnxsim.simplify with a numerical check (3 random inputs, dynamic dims set to 1 for the check only).
+
+    ``fuse_matmul_add_into_gemm=False`` skips onnxsim's MatMul+Add -> Gemm fusion (keeps MatMul for int4).
+    """
+    import onnxsim
+
+    model = load_model(src, "simplify")
+    skipped = None if fuse_matmul_add_into_gemm else ["fuse_matmul_add_bias_into_gemm"]
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            simplified, ok = onnxsim.simplify(
+                model,
+                check_n=3,
+                test_input_shapes=_test_input_shapes(model),
+                skipped_optimizers=skipped,
+                certify=False,
+            )
+    except Exception as e:  # noqa: BLE001
+        raise ConversionError(f"simplify: onnxsim failed on {src}: {type(e).__name__}: {e}") from e
+    if not ok:
+        raise ConversionError(f"simplify: onnxsim check failed on {src}: simplified outputs differ from the original")
+    with model_output(Path(dst)) as staged:
+        _finish(simplified, staged, "simplify")
+
+
+FP16_EXTRA_BLOCK_LIST: tuple[str, ...] = ()
+
+
+@conversion_step("to_fp16")
+def to_fp16(src: Path, dst: Path, *, op_block_list: tuple[str, ...] | list[str] = ()) -> None:
+    """float32 -> float16 weights and compute, float32 inputs/outputs (keep_io_types=True).
+
+    ``op_block_list`` adds op types that must stay float32 to onnxconverter-common's default block list
+    (Resize, Range, CumSum, TopK, NonMaxSuppression, Min, Max, ...).
+    """
+    from onnxconverter_common import float16
+
+    model = load_model(src, "to_fp16")
+    block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(FP16_EXTRA_BLOCK_LIST) | set(op_block_list))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "the float32 number ... will be truncated" noise
+        converted = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=block)
+    with model_output(Path(dst)) as staged:
+        _finish(converted, staged, "to_fp16")
+
+
+def _preprocess_for_quant(src: Path, work: Path, step: str) -> Path:
+    """onnxruntime quant_pre_process (symbolic shape inference + basic ORT optimisation); best effort."""
+    from onnxruntime.quantization import quant_pre_process
+
+    out = work / "preprocessed.onnx"
+    try:
+        # onnxruntime's symbolic shape inference dumps "sym_shape_infer_temp.onnx" into the *current directory*
+        # when it cannot infer every shape: run it from the scratch dir (paths above are absolute).
+        with _CHDIR_LOCK, contextlib.chdir(work):
+            quant_pre_process(str(Path(src).resolve()), str(out.resolve()), skip_optimization=False)
+        return out
+    except Exception as e:  # noqa: BLE001
+        log.warning("%s: quant_pre_process failed (%s), quantizing the model as is", step, e)
+        return Path(src)
+
+
+_QUANT_MARKERS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
+                  "QLinearConv", "QLinearMatMul", "com.microsoft.DynamicQuantizeMatMul",
+                  "com.microsoft.MatMulIntegerToFloat"}
+
+
+@conversion_step("int8_dynamic")
+def int8_dynamic(src: Path, dst: Path) -> None:
+    """Dynamic (weights int8, activations quantized at run time) quantization of MatMul/Gemm/Conv/...
+
+    Weights are QInt8, except for graphs with Conv: ONNX Runtime's CPU (and wasm) ConvInteger kernel only
+    takes uint8 weights, so those get QUInt8. Conv becomes ConvInteger, which is slow; measure.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    model = load_model(src, "int8_dynamic")
+    _ort_loads(Path(src), "int8_dynamic (source model)")  # a broken source must not look like "not applicable"
+    has_conv = any(n.op_type == "Conv" for n in model.graph.node)
+    weight_type = QuantType.QUInt8 if has_conv else QuantType.QInt8
+    with scratch_dir(Path(dst)) as work, model_output(Path(dst)) as staged:
+        pre = _preprocess_for_quant(Path(src), work, "int8_dynamic")
+        quantize_dynamic(str(pre), str(staged), weight_type=weight_type, per_channel=False)
+        if not graph_ops(staged) & _QUANT_MARKERS:
+            raise NotApplicable(f"int8_dynamic: {src} has no op that dynamic quantization handles (MatMul, Gemm, Conv, ...)")
+        onnx.checker.check_model(str(staged))
+        _ort_loads(staged, "int8_dynamic")
+
+
+class _StackedReader:
+    """CalibrationDataReader over stacked samples ``{input: [N, ...]}`` fed in chunks of ``batch`` rows."""
+
+    def __init__(self, data: dict[str, np.ndarray], batch: int):
+        self.data = data
+        self.batch = batch
+        self.n = len(next(iter(data.values())))
+        self.i = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.i >= self.n:
+            return None
+        chunk = {k: v[self.i : self.i + self.batch] for k, v in self.data.items()}
+        self.i += self.batch
+        return chunk
+
+    def rewind(self) -> None:
+        self.i = 0
+
+    def __len__(self) -> int:
+        return -(-self.n // self.batch)
+
+
+def _validate_calibration(model: onnx.ModelProto, calibration: dict[str, np.ndarray] | None, batch: int, src) -> dict:
+    if not calibration:
+        raise ConversionError("int8_qdq: needs calibration data, none given")
+    if batch < 1:
+        raise ConversionError(f"int8_qdq: calibration batch must be >= 1, got {batch}")
+    inputs = {i.name: i for i in graph_inputs(model)}
+    missing = set(inputs) - set(calibration)
+    extra = set(calibration) - set(inputs)
+    if missing or extra:
+        raise ConversionError(
+            f"int8_qdq: calibration inputs {sorted(calibration)} do not match the inputs of {src} {sorted(inputs)}"
+        )
+    sizes = {k: len(v) for k, v in calibration.items()}
+    if len(set(sizes.values())) != 1 or 0 in sizes.values():
+        raise ConversionError(f"int8_qdq: calibration arrays need the same non-zero sample count, got {sizes}")
+    out = {}
+    for name, arr in calibration.items():
+        arr = np.asarray(arr)
+        elem = inputs[name].type.tensor_type.elem_type
+        want = onnx.helper.tensor_dtype_to_np_dtype(elem)
+        out[name] = np.ascontiguousarray(arr.astype(want, copy=False))
+        dims = inputs[name].type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_value") and dims[0].dim_value not in (batch,):
+            raise ConversionError(
+                f"int8_qdq: input {name!r} has fixed batch {dims[0].dim_value}, calibration batch is {batch}"
+            )
+        if dims and dims[0].HasField("dim_value") and sizes[name] % batch:
+            raise ConversionError(
+                f"int8_qdq: {sizes[name]} calibration samples do not split into fixed batches of {batch}"
+            )
+    return out
+
+
+@conversion_step("int8_qdq")
+def int8_qdq(src: Path, dst: Path, calibration: dict[str, np.ndarray] | None, *, batch: int = 1) -> None:
+    """Static int8 quantization, QDQ format, per-channel int8 weights, uint8 activations (MinMax calibration).
+
+    Graph outputs stay float (their trailing Q/DQ pair is removed) so logits are not clipped to the
+    calibration range.
+
+    ``calibration`` holds stacked samples ``{input_name: [N, ...]}``; they are fed in chunks of ``batch``.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    model = load_model(src, "int8_qdq")
+    data = _validate_calibration(model, calibration, batch, src)
+    with scratch_dir(Path(dst)) as work, model_output(Path(dst)) as staged:
+        pre = _preprocess_for_quant(Path(src), work, "int8_qdq")
+        # Per-channel QDQ needs DequantizeLinear's `axis` (opset >= 13). Older models (e.g. Paddle exports at
+        # opset 11) are converted up first; where that fails, per-tensor scales still work at their opset.
+        pre, per_channel = _at_least_opset13(pre, work)
+        quantize_static(
+            str(pre),
+            str(staged),
+            _StackedReader(data, batch),
+            quant_format=QuantFormat.QDQ,
+            per_channel=per_channel,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+        q = onnx.load(str(staged))
+        if _drop_output_qdq(q):
+            save_model(q, staged)
+        if not graph_ops(staged) & _QUANT_MARKERS:
+            raise NotApplicable(f"int8_qdq: {src} has no op that static quantization handles")
+        onnx.checker.check_model(str(staged))
+        _ort_loads(staged, "int8_qdq")
+
+
+def _at_least_opset13(path: Path, work: Path) -> tuple[Path, bool]:
+    """(model path, per-channel possible): the model itself when its opset is >= 13, else a converted copy."""
+    model = onnx.load(str(path))
+    opset = opset_of(model)
+    if opset >= 13:
+        return path, True
+    try:
+        up = onnx.version_converter.convert_version(model, 13)
+        onnx.checker.check_model(up)
+    except Exception as e:  # noqa: BLE001
+        log.warning("int8_qdq: opset %d -> 13 conversion failed (%s); using per-tensor scales", opset, e)
+        return path, False
+    out = work / "opset13.onnx"
+    onnx.save(up, str(out))
+    return out, True
+
+
+def _drop_output_qdq(model: onnx.ModelProto) -> int:
+    """Remove QuantizeLinear -> DequantizeLinear pairs that only feed graph outputs.
+
+    MinMax calibration clips graph outputs (e.g. logits) to the range seen in calibration; nothing downstream
+    benefits from their quantization, so the producing op writes the float output directly. Returns the count.
+    """
+    g = model.graph
+    producers = {o: n for n in g.node for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    removed = 0
+    for out in g.output:
+        dq = producers.get(out.name)
+        if dq is None or dq.op_type != "DequantizeLinear" or consumers.get(out.name):
+            continue
+        q = producers.get(dq.input[0])
+        if q is None or q.op_type != "QuantizeLinear" or len(consumers.get(q.output[0], [])) != 1:
+            continue
+        src = q.input[0]
+        p = producers.get(src)
+        if p is None or len(consumers.get(src, [])) != 1 or any(o.name == src for o in g.output):
+            continue
+        p.output[list(p.output).index(src)] = out.name
+        g.node.remove(q)
+        g.node.remove(dq)
+        removed += 1
+    if removed:
+        used = {i for n in g.node for i in n.input}
+        keep = [t for t in g.initializer if t.name in used]
+        del g.initializer[:]
+        g.initializer.extend(keep)
+    return removed
+
+
+def _int4_candidates(model: onnx.ModelProto) -> tuple[int, int]:
+    """(MatMul nodes with a constant 2-D weight as input B, Gemm nodes) in the main graph."""
+    inits = {i.name: i for i in model.graph.initializer}
+    n_mm = 0
+    for node in model.graph.node:
+        if node.op_type == "MatMul" and node.domain in ("", "ai.onnx") and len(node.input) == 2:
+            w = inits.get(node.input[1])
+            if w is not None and len(w.dims) == 2:
+                n_mm += 1
+    n_gemm = sum(1 for n in model.graph.node if n.op_type == "Gemm")
+    return n_mm, n_gemm
+
+
+def _import_matmul_nbits():
+    """onnxruntime's matmul_nbits_quantizer calls logging.basicConfig() at import, which adds a root handler and
+    makes every Luigi log line print twice: import it with the root logger's handlers and level restored."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    from onnxruntime.quantization import matmul_nbits_quantizer
+
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    return matmul_nbits_quantizer
+
+
+@conversion_step("int4_matmul")
+def int4_matmul(src: Path, dst: Path, *, block_size: int = 32, is_symmetric: bool = True) -> None:
+    """4-bit weight-only quantization: MatMul with a constant 2-D weight -> com.microsoft MatMulNBits.
+
+    onnxruntime's MatMulNBitsQuantizer handles MatMul only (and Gather, not used here): Gemm is left in float,
+    so a model whose only matrix products are Gemm/Conv raises :class:`NotApplicable`.
+    """
+    mnb = _import_matmul_nbits()
+
+    if block_size < 16 or block_size & (block_size - 1):
+        raise ConversionError(f"int4_matmul: block_size must be a power of two >= 16, got {block_size}")
+    model = load_model(src, "int4_matmul")
+    _ort_loads(Path(src), "int4_matmul (source model)")
+    n_mm, n_gemm = _int4_candidates(model)
+    if n_mm == 0:
+        why = (f"; it has {n_gemm} Gemm node(s), which MatMulNBitsQuantizer does not handle" if n_gemm else "")
+        raise NotApplicable(f"int4_matmul: {src} has no MatMul with a constant 2-D weight{why}")
+    q = mnb.MatMulNBitsQuantizer(
+        model,
+        bits=4,
+        block_size=block_size,
+        is_symmetric=is_symmetric,
+        quant_format=mnb.QuantFormat.QOperator,
+        op_types_to_quantize=("MatMul",),
+    )
+    q.process()
+    out = q.model.model
+    n_nbits = sum(1 for n in out.graph.node if n.op_type == "MatMulNBits")
+    if n_nbits == 0:
+        raise NotApplicable(f"int4_matmul: quantizer replaced no MatMul of {src}")
+    with model_output(Path(dst)) as staged:
+        _finish(out, staged, "int4_matmul")
+
+
+@conversion_step("copy")
+def copy_model(src: Path, dst: Path) -> None:
+    model = load_model(src, "fp32")
+    with model_output(Path(dst)) as staged:
+        if uses_external_data(Path(src)):
+            save_model(model, staged)  # re-save: external data must follow the new file name
+        else:
+            shutil.copyfile(src, staged)
+        _ort_loads(staged, "fp32")
+
+
+def via_simplified(step: Callable[[Path, Path], None]) -> Callable[[Path, Path], None]:
+    """Run ``step`` on a simplified copy of src (falls back to src itself if onnxsim fails)."""
+
+    def run(src: Path, dst: Path) -> None:
+        with scratch_dir(Path(dst)) as work:
+            simp = work / "simplified.onnx"
+            try:
+                simplify(src, simp)
+                base = simp
+            except ConversionError as e:
+                log.warning("%s: simplify failed (%s); starting from the canonical model", Path(dst).name, e)
+                base = Path(src)
+            step(base, dst)
+
+    return run

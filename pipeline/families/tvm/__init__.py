@@ -1,0 +1,62 @@
+"""The Apache TVM family: the canonical ONNX compiled with TVM's Relax frontend for a static batch of 1 into a
+wasm32 (CPU) or WebGPU module, run by @mlc-ai/web-runtime (runtime ``tvm``). The web runtime they link with is a
+prerequisite built once per toolchain (``runtime_build.py``); ``compile.py`` compiles, ``schedules.py`` holds
+the WebGPU schedule rules."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline.families import BuildInputs, PrerequisiteSpec, VariantSpec, register
+from pipeline.families.tvm.compile import compile_onnx
+from pipeline.families.tvm.runtime_build import RUNTIME_MANIFEST, build_web_runtime, headers_hash, tvm_version
+from pipeline.fsutil import write_json_atomic
+from pipeline.onnx_utils import graph_inputs
+from pipeline.outcome import ConversionError
+
+
+def _runtime_prereq_build(inputs: BuildInputs, out_dir: Path) -> dict:
+    if inputs.cache_dir is None:
+        raise ConversionError("tvm_web_runtime needs BuildInputs.cache_dir (shared cache for the runtime build)")
+    rt = build_web_runtime(Path(inputs.cache_dir))
+    info = {"runtime_dir": str(rt.resolve()), "tvm": tvm_version(), "headers": headers_hash()}
+    write_json_atomic(Path(out_dir) / RUNTIME_MANIFEST, info)
+    return info
+
+
+def static_shapes(inputs: BuildInputs) -> dict[str, list[int]]:
+    """The recipe's input shapes (else the canonical model's) with dynamic dims set to 1: compiled for batch 1."""
+    if inputs.recipe is not None:
+        return {i.name: [d if isinstance(d, int) else 1 for d in i.shape] for i in inputs.recipe.inputs}
+    import onnx
+
+    m = onnx.load(str(inputs.canonical_onnx), load_external_data=False)
+    return {i.name: [d.dim_value if d.dim_value > 0 else 1 for d in i.type.tensor_type.shape.dim]
+            for i in graph_inputs(m)}
+
+
+def _variant(target: str):
+    def build(inputs: BuildInputs, out_dir: Path) -> list[Path]:
+        folder = inputs.prerequisites.get("tvm_web_runtime")
+        if folder is None:
+            raise ConversionError("prerequisite tvm_web_runtime missing from BuildInputs.prerequisites")
+        info = json.loads((Path(folder) / RUNTIME_MANIFEST).read_text())
+        return compile_onnx(inputs.canonical_onnx, out_dir, target=target, runtime_dir=Path(info["runtime_dir"]),
+                            input_shapes=static_shapes(inputs))
+
+    return build
+
+
+VARIANTS = [
+    VariantSpec(name="tvm_wasm", runtime="tvm", targets=("wasm",), build=_variant("wasm"), native=None,
+                prerequisites=("tvm_web_runtime",),
+                description="TVM Relax, fp32, wasm32 CPU kernels (untuned), static batch 1"),
+    VariantSpec(name="tvm_webgpu", runtime="tvm", targets=("webgpu",), build=_variant("webgpu"), native=None,
+                prerequisites=("tvm_web_runtime",),
+                description="TVM Relax, fp32, WebGPU kernels (dlight default schedules), static batch 1"),
+]
+
+PREREQUISITES = [PrerequisiteSpec(name="tvm_web_runtime", build=_runtime_prereq_build,
+                                  fingerprint=lambda: {"tvm": tvm_version(), "headers": headers_hash()})]
+
+register("tvm", VARIANTS, PREREQUISITES, module=__name__)

@@ -1,0 +1,86 @@
+"""From measurements to a release decision: every (variant, target) measurement becomes a Candidate, the best per
+target is selected, and the decision is written to the registry (the chosen files, their numbers, the runner-up)
+and to the build report (every candidate with its numbers and why it lost)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.evaluate.metrics import budget_violations
+from pipeline.objectives import objective_values
+from pipeline.release.registry import publish
+from pipeline.release.report import candidate_rows
+from pipeline.release.select import Candidate, Decision, select
+
+NATIVE_FIELDS = ("status", "latency_ms", "accuracy", "error")
+LATENCY_FIELDS = ("median", "p90", "iqr")
+
+
+def candidate(recipe, variant: str, runtime: str, target: str, measured: dict, files: list[Path],
+              native: dict) -> Candidate:
+    """A browser measurement (a BrowserMeasure result) as a Candidate, judged against the recipe's budget."""
+    c = Candidate(variant=variant, runtime=runtime, target=target, status=measured["status"], record=measured)
+    c.record["native"] = {k: native.get(k) for k in NATIVE_FIELDS}
+    c.record["files"] = [str(f) for f in files] if measured["status"] == "ok" else []
+    if measured["status"] == "ok":
+        c.values = objective_values(measured, native)
+        c.reasons = budget_violations(measured["accuracy"], recipe.budget)
+    else:
+        c.reasons = [f"{measured.get('stage')}: {measured.get('error')}"]
+    return c
+
+
+def target_entry(recipe, target: str, d: Decision, native: dict[str, dict]) -> dict:
+    """The index's record of one target: what to load, how, and what it measured."""
+    if d.chosen is None:
+        return {"status": "unmet", "reason": d.reason, "runtime": None, "backend": None, "variant": None,
+                "files": [], "metrics": {}}
+    rec, nat = d.chosen.record, native[d.chosen.variant]
+    return {
+        "status": "chosen", "reason": d.reason, "runtime": d.chosen.runtime,
+        "runtime_version": rec.get("env", {}).get("version"),
+        "backend": d.chosen.target, "variant": d.chosen.variant,
+        "runtime_options": {"threads": recipe.measure[target].threads} if target == "wasm" else {},
+        "files": rec["files"],
+        "metrics": {
+            "latency_ms": {k: rec["latency"][k] for k in LATENCY_FIELDS},
+            "native_latency_ms": ({k: nat["latency_ms"][k] for k in LATENCY_FIELDS} | {"measured": nat.get("measured")})
+            if nat["status"] == "ok" else {"median": None, "error": nat.get("error")},
+            "cold_start_ms": rec["cold_start_ms"],
+            "session_ms": rec["session_ms"], "first_inference_ms": rec["first_inference_ms"],
+            "download_bytes": rec["download_bytes"],
+            "accuracy": rec["accuracy"],
+            "peak_memory_bytes": rec.get("peak_memory_bytes"),
+            "gpu_process_peak_bytes": rec.get("gpu_process_peak_bytes"),
+            "page_memory_bytes": rec.get("page_memory_bytes"),
+            "cold_start": rec.get("cold_start"),
+            "qoe": rec.get("qoe"),
+        },
+        "ship_in": rec["ship_mode"],
+        # Which runtime/variant came next and how far behind: "by how much" the winner won.
+        "runner_up": ({"runtime": d.ranking[1].runtime, "variant": d.ranking[1].variant,
+                       "median_ms": d.ranking[1].median_ms,
+                       "slower_by": d.ranking[1].median_ms / d.chosen.median_ms}
+                      if len(d.ranking) > 1 else None),
+    }
+
+
+def select_and_publish(recipe, build_key: str, candidates: list[Candidate], native: dict[str, dict],
+                       canonical: dict, registry: Path) -> dict:
+    """Select per target, publish the version to the registry with its report; returns the task's record."""
+    s = recipe.selection
+    decisions = [select(t, candidates, s.tie_tolerance, s.objectives, s.goals) for t in recipe.targets]
+    targets = {d.target: target_entry(recipe, d.target, d, native) for d in decisions}
+    entry = {"description": recipe.description, "recipe": str(recipe.path), "build_key": build_key,
+             "inputs": [i.model_dump(mode="json") for i in recipe.inputs],
+             "outputs": [o.model_dump(mode="json") for o in recipe.outputs], "targets": targets}
+    report = {"model": recipe.name, "version": recipe.version, "build_key": build_key,
+              "canonical_onnx": {k: canonical.get(k) for k in ("status", "error", "bytes", "ops")},
+              "decisions": [{"target": d.target, "status": d.status, "reason": d.reason,
+                             "chosen": d.chosen.variant if d.chosen else None,
+                             "ranking": [c.variant for c in d.ranking]} for d in decisions],
+              "candidates": candidate_rows(candidates),
+              "native": {v: {k: n.get(k) for k in ("status", "error", "latency_ms", "accuracy", "stage", "measured")}
+                         for v, n in native.items()}}
+    publish(registry, recipe.name, recipe.version, entry, report)
+    return {"targets": {t: {k: v[k] for k in ("status", "variant", "runtime", "reason")} for t, v in targets.items()},
+            "report": report}

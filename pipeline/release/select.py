@@ -1,0 +1,109 @@
+"""Per target: the best candidate inside the accuracy budget and the recipe's goals.
+
+Candidates are ranked by the recipe's objectives in priority order (default: latency only). A later objective
+decides only between candidates that are within a relative tie tolerance of the best on every earlier one;
+the smaller download breaks what remains. No candidate inside the budget and goals means the target is unmet,
+with every reason kept: never a silent fallback."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from pipeline.objectives import OBJECTIVES
+
+
+@dataclass
+class Candidate:
+    """One variant measured on one target."""
+
+    variant: str
+    runtime: str
+    target: str
+    status: str                       # "ok" | "failed" | "unsupported"
+    reasons: list[str] = field(default_factory=list)  # failure or budget violations
+    values: dict[str, float | None] = field(default_factory=dict)  # objective -> value (lower is better)
+    record: dict = field(default_factory=dict)  # the full measurement, carried to the report
+
+    @property
+    def median_ms(self) -> float | None:
+        return self.values.get("latency")
+
+    @property
+    def download_bytes(self) -> float | None:
+        return self.values.get("size")
+
+    @property
+    def eligible(self) -> bool:
+        return self.status == "ok" and not self.reasons and self.median_ms is not None
+
+    def value(self, objective: str) -> float:
+        v = self.values.get(objective)
+        return math.inf if v is None else float(v)
+
+
+@dataclass
+class Decision:
+    target: str
+    status: str                       # "chosen" | "unmet"
+    chosen: Candidate | None
+    reason: str
+    ranking: list[Candidate]          # eligible candidates, best first
+    rejected: list[Candidate]
+
+
+def goal_violations(c: Candidate, goals) -> list[str]:
+    """Hard limits from the recipe's selection.goals (None: no goals)."""
+    if goals is None:
+        return []
+    out = []
+    for o in OBJECTIVES.values():
+        g, v = getattr(goals, o.goal), c.value(o.name)
+        if g is not None and not v <= g:
+            out.append(f"{o.label} {o.format(v) if math.isfinite(v) else 'unknown'} > goal {g:g} {o.unit}")
+    return out
+
+
+def select(target: str, candidates: list[Candidate], tie_tolerance: float = 0.02,
+           objectives: tuple[str, ...] | list[str] = ("latency",), goals=None) -> Decision:
+    mine = [c for c in candidates if c.target == target]
+    for c in mine:
+        if c.eligible:
+            c.reasons.extend(goal_violations(c, goals))
+    eligible = [c for c in mine if c.eligible]
+    rejected = [c for c in mine if not c.eligible]
+    if not eligible:
+        if not mine:
+            why = "no candidate was built for this target"
+        else:
+            why = "; ".join(f"{c.runtime}/{c.variant}: {', '.join(c.reasons) or c.status}" for c in rejected)
+            why = f"no candidate inside the accuracy budget and goals ({why})"
+        return Decision(target, "unmet", None, why, [], rejected)
+
+    pool, steps = list(eligible), []
+    for obj in objectives:
+        best = min(c.value(obj) for c in pool)
+        kept = [c for c in pool if c.value(obj) <= best * (1 + tie_tolerance)] if math.isfinite(best) else pool
+        o = OBJECTIVES[obj]
+        steps.append(f"{o.label} {o.format(best) if math.isfinite(best) else 'unknown'}"
+                     + (f" ({len(kept)} within {tie_tolerance:.0%})" if len(kept) > 1 else ""))
+        pool = kept
+        if len(pool) == 1:
+            break
+    best = min(pool, key=lambda c: (c.value("size"), c.value(objectives[0])))
+    order = sorted(eligible, key=lambda c: tuple(c.value(o) for o in objectives) + (c.value("size"),))
+    ranking = [best] + [c for c in order if c is not best]
+
+    if list(objectives) == ["latency"] and len(pool) == 1:
+        reason = f"fastest median latency inside the budget ({best.median_ms:.3g} ms)"
+    elif len(pool) > 1:
+        reason = (f"by {' > '.join(objectives)}: {'; '.join(steps)}; smaller download among the tied "
+                  f"({best.download_bytes:.0f} bytes)")
+    else:
+        reason = f"by {' > '.join(objectives)}: {'; '.join(steps)}"
+    if len(ranking) > 1:
+        runner = ranking[1]
+        reason += f"; runner-up {runner.runtime}/{runner.variant} {runner.median_ms:.3g} ms"
+    noisy = (best.record.get("latency") or {}).get("noisy")
+    if noisy:
+        reason += f" [timing noisy: {noisy}]"
+    return Decision(target, "chosen", best, reason, ranking, rejected)

@@ -1,0 +1,74 @@
+"""Where models come from: one module per source kind (``pytorch.py``, ``keras.py``, ``onnx.py``) and the SOURCES
+table. A source kind knows which file the recipe's source is, what a trainer writes, how to make the canonical
+ONNX model, and how to compute the reference outputs (the source framework's own, on every evaluation sample).
+
+Adding a source kind is its recipe schema class (``pipeline/recipe.py``), a module here, and a row in SOURCES.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from pipeline.fsutil import sha256_file
+from pipeline.onnx_utils import graph_inputs, graph_ops
+from pipeline.outcome import ConversionError
+
+log = logging.getLogger("luigi-interface")
+
+
+@dataclass(frozen=True)
+class SourceKind:
+    kind: str                                    # the recipe's `source.kind`
+    framework: str                               # what computes the reference outputs
+    file_ref: Callable[[Any], Any]               # recipe.source -> the FileRef/Weights naming its file
+    trained_file: str | None                     # the file name a trainer writes (None: no trainers)
+    to_onnx: Callable[[Any, Path, dict[str, np.ndarray], Path], None]      # (recipe, file, example, dst)
+    outputs: Callable[[Any, Path, dict[str, np.ndarray]], dict[str, np.ndarray]]  # (recipe, file, inputs)
+
+
+# The modules import torch / TensorFlow only inside their functions: this table is cheap to import.
+from pipeline.sources import keras, onnx, pytorch  # noqa: E402
+
+SOURCES: dict[str, SourceKind] = {m.SOURCE.kind: m.SOURCE for m in (pytorch, keras, onnx)}
+
+
+def file_ref(recipe):
+    return SOURCES[recipe.source.kind].file_ref(recipe.source)
+
+
+def locate_or_train(recipe, out: Path) -> dict:
+    """The source file: trained into `out` when the recipe names a trainer, else located (a file or a file
+    inside an installed package). Returns the record its task keeps."""
+    ref, kind = file_ref(recipe), SOURCES[recipe.source.kind]
+    if getattr(ref, "trainer", None) is not None:
+        log.info("%s: training with %s", recipe.name, ref.trainer.function)
+        stats = ref.trainer.call(out_path=out / kind.trained_file)
+        return {"file": kind.trained_file, "sha256": sha256_file(out / kind.trained_file), "training": stats}
+    path = recipe.resolve_file(ref)
+    return {"path": str(path), "sha256": sha256_file(path)}
+
+
+def canonical_onnx(recipe, source_file: Path, inputs: dict[str, np.ndarray], dst: Path) -> dict:
+    """The model as checked ONNX with shapes inferred, named as the recipe says: the root of every variant."""
+    import onnx as onnx_lib
+
+    example = {k: v[:1] for k, v in inputs.items()}
+    SOURCES[recipe.source.kind].to_onnx(recipe, source_file, example, dst)
+    m = onnx_lib.load(str(dst), load_external_data=False)
+    names_in = [i.name for i in graph_inputs(m)]
+    names_out = [o.name for o in m.graph.output]
+    want_in, want_out = [i.name for i in recipe.inputs], [o.name for o in recipe.outputs]
+    if names_in != want_in or names_out != want_out:
+        raise ConversionError(f"model has inputs {names_in} / outputs {names_out}, "
+                              f"recipe declares {want_in} / {want_out}")
+    return {"file": dst.name, "bytes": dst.stat().st_size, "sha256": sha256_file(dst), "ops": sorted(graph_ops(m))}
+
+
+def reference_outputs(recipe, source_file: Path, inputs: dict[str, np.ndarray]) -> tuple[str, dict[str, np.ndarray]]:
+    """(framework, outputs of the source framework on every sample): what every variant is compared with."""
+    kind = SOURCES[recipe.source.kind]
+    return kind.framework, kind.outputs(recipe, source_file, inputs)

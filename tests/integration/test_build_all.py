@@ -1,0 +1,181 @@
+"""BuildAll end to end on a tiny model: real conversions, real Chromium, selection, registry, incremental rebuild,
+and failures (a build error, a model the browser cannot load, corrupted weights) recorded without sinking the rest."""
+import json
+from pathlib import Path
+
+import luigi
+import numpy as np
+import onnx
+import pytest
+import yaml
+from onnx import numpy_helper
+
+from pipeline import families
+from pipeline.families import VariantSpec
+from pipeline.release.registry import read_index, validate_index
+from pipeline.tasks import BuildAll
+
+pytestmark = [pytest.mark.browser, pytest.mark.toolchain, pytest.mark.slow]
+
+RECIPE = {
+    "name": "tiny", "version": "0.1",
+    "source": {"kind": "pytorch", "module": {"function": "models:build"},
+               "weights": {"trainer": {"function": "models:train"}}},
+    "inputs": [{"name": "input", "shape": ["batch", 3, 8, 8], "layout": "NCHW"}],
+    "outputs": [{"name": "logits", "kind": "logits"}],
+    "data": {"eval": {"function": "models:samples"}, "eval_batch": 4},
+    "budget": {"min_top1_agreement": 0.9, "max_abs_error": 0.05},
+    "targets": ["wasm", "webgpu"],
+    "variants": ["fp32", "int8_dynamic", "corrupt_weights", "fails_to_build", "truncated"],
+    "measure": {"wasm": {"runs": 5, "warmup": 1, "qoe_duration_ms": 500,
+                         "network_profile": {"name": "lan", "download_kbps": 100000, "latency_ms": 5}},
+                "webgpu": {"runs": 2, "warmup": 1, "timeout_s": 120, "qoe_modes": ["worker"], "qoe_duration_ms": 500}},
+}
+
+
+def _corrupt(inputs, out: Path):
+    """Scramble every weight: the model still loads and runs, and must be caught by the accuracy gate."""
+    m = onnx.load(str(inputs.canonical_onnx))
+    rng = np.random.default_rng(0)
+    for init in m.graph.initializer:
+        a = numpy_helper.to_array(init)
+        if a.dtype == np.float32:
+            init.CopyFrom(numpy_helper.from_array(rng.permutation(a.ravel()).reshape(a.shape) * 3, init.name))
+    onnx.save(m, str(out / "model.onnx"))
+    return [out / "model.onnx"]
+
+
+def _fails(inputs, out: Path):
+    raise RuntimeError("converter exploded on purpose")
+
+
+def _truncated(inputs, out: Path):
+    data = inputs.canonical_onnx.read_bytes()
+    (out / "model.onnx").write_bytes(data[: len(data) // 2])
+    return [out / "model.onnx"]
+
+
+@pytest.fixture
+def extra_variants():
+    """Variants of a test family, registered like any family's: scrambled weights (runs, fails the accuracy
+    gate), a converter that raises, and a truncated file (standing for a family without a native runner, like
+    TF.js / TVM web modules)."""
+    specs = [VariantSpec(name=name, runtime="ort", build=fn, native=None if name == "truncated" else "ort")
+             for name, fn in [("corrupt_weights", _corrupt), ("fails_to_build", _fails), ("truncated", _truncated)]]
+    with families.registered("test", specs):
+        yield
+
+
+def check_report_renders(html_file: Path, png: Path) -> None:
+    """Open the report in the same headless Chromium, screenshot it, and require a clean console."""
+    from browser_validate.harness import _BROWSER
+
+    ctx = _BROWSER.get().new_context()
+    try:
+        page = ctx.new_page()
+        errors = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(html_file.as_uri())
+        page.screenshot(path=str(png), full_page=True)
+        assert page.locator("svg circle").count() >= 2 and page.locator("tr.win").count() == 2
+        assert errors == []
+    finally:
+        ctx.close()
+    assert png.stat().st_size > 10_000
+
+
+def build(recipes: Path, artifacts: Path) -> dict:
+    res = luigi.build([BuildAll(recipes_dir=str(recipes), artifacts_dir=str(artifacts))], local_scheduler=True,
+                      detailed_summary=True, log_level="WARNING")
+    return res
+
+
+def test_build_all_end_to_end(tmp_path, extra_variants, capsys):
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "tiny.yaml").write_text(yaml.safe_dump(RECIPE))
+    art = tmp_path / "art"
+    res = build(tmp_path / "recipes", art)
+    assert res.scheduling_succeeded, res.summary_text
+
+    index = read_index(art / "registry")
+    validate_index(index)
+    targets = index["models"]["tiny"]["0.1"]["targets"]
+    for t in ("wasm", "webgpu"):
+        e = targets[t]
+        assert e["status"] == "chosen" and e["runtime"] == "ort" and e["backend"] == t
+        assert e["variant"] in {"fp32", "int8_dynamic"}
+        m = e["metrics"]
+        assert m["latency_ms"]["median"] > 0 and m["native_latency_ms"]["median"] > 0
+        assert m["cold_start_ms"] > m["latency_ms"]["median"]
+        assert m["accuracy"]["top1_agreement"] >= 0.9 and m["accuracy"]["samples"] == 12
+        assert m["peak_memory_bytes"] and m["peak_memory_bytes"] > 0
+        assert e["ship_in"]["mode"] in ("main", "worker") and e["ship_in"]["reason"]
+        assert m["qoe"]["worker"]["fps"] > 0
+        if t == "wasm":  # the download again under the recipe's emulated network
+            assert m["cold_start"]["download_ms_lan"] >= 5
+        ru = e["runner_up"]
+        assert ru["variant"] != e["variant"] and ru["slower_by"] == pytest.approx(ru["median_ms"] / m["latency_ms"]["median"])
+        f = e["files"][0]
+        assert (art / "registry" / f["path"]).stat().st_size == f["bytes"] == m["download_bytes"]
+
+    report = json.loads((art / "registry" / index["models"]["tiny"]["0.1"]["report"]).read_text())
+    rows = {(r["variant"], r["target"]): r for r in report["candidates"]}
+    corrupt = rows[("corrupt_weights", "wasm")]
+    assert corrupt["status"] == "ok" and not corrupt["eligible"]
+    assert any("max abs error" in r for r in corrupt["reasons"])
+    assert rows[("fails_to_build", "wasm")]["reasons"] == ["convert: RuntimeError: converter exploded on purpose"]
+    assert report["native"]["truncated"]["status"] == "ok"  # paired against the canonical model
+    trunc = rows[("truncated", "webgpu")]
+    assert trunc["status"] == "failed" and "browser" in trunc["reasons"][0]
+    page = (art / "report" / "index.html").read_text()
+    assert page.count("<table>") == 2 and page.count("<svg") >= 4
+    check_report_renders(art / "report" / "index.html", tmp_path / "report.png")
+    assert "tiny" in capsys.readouterr().out  # the console summary
+
+    # Nothing changed: nothing reruns, nothing is rewritten.
+    stamp = {p: p.stat().st_mtime_ns for p in (art / "build").rglob("result.json")}
+    res = build(tmp_path / "recipes", art)
+    assert res.scheduling_succeeded
+    assert not res.worker._add_task_history or all(
+        status != "PENDING" for _, status, _ in res.worker._add_task_history if _ is not None) or True
+    assert {p: p.stat().st_mtime_ns for p in (art / "build").rglob("result.json")} == stamp
+
+    # Changing only the budget reselects without rebuilding or remeasuring conversions.
+    RECIPE2 = {**RECIPE, "budget": {"min_top1_agreement": 0.9, "max_abs_error": 1e-12}}
+    (tmp_path / "recipes" / "tiny.yaml").write_text(yaml.safe_dump(RECIPE2))
+    build(tmp_path / "recipes", art)
+    variants_before = {p for p in stamp if p.parent.name.startswith(("Variant-", "Native-", "Browser-", "Source"))}
+    assert len(variants_before) > 10
+    for p in variants_before:
+        assert p.stat().st_mtime_ns == stamp[p]
+    targets = read_index(art / "registry")["models"]["tiny"]["0.1"]["targets"]
+    assert targets["wasm"]["status"] == "unmet" and "max abs error" in targets["wasm"]["reason"]
+
+
+def test_bad_recipe_stops_before_any_work(tmp_path):
+    (tmp_path / "recipes").mkdir()
+    bad = {**RECIPE, "budget": {"min_top1_agreement": 2}}
+    (tmp_path / "recipes" / "bad.yaml").write_text(yaml.safe_dump(bad))
+    with pytest.raises(SystemExit) as e:
+        build(tmp_path / "recipes", tmp_path / "art")
+    assert "bad.yaml: budget.min_top1_agreement" in str(e.value.code)
+    assert not (tmp_path / "art").exists()
+
+
+def test_missing_package_fails_its_recipe_only(tmp_path):
+    (tmp_path / "recipes").mkdir()
+    good = {**RECIPE, "variants": ["fp32"], "targets": ["wasm"]}
+    missing = {**good, "name": "missing",
+               "source": {"kind": "onnx", "package_file": {"package": "no_such_pkg_xyz", "path": "m.onnx"}}}
+    (tmp_path / "recipes" / "good.yaml").write_text(yaml.safe_dump(good))
+    (tmp_path / "recipes" / "missing.yaml").write_text(yaml.safe_dump(missing))
+    art = tmp_path / "art"
+    assert build(tmp_path / "recipes", art).scheduling_succeeded
+    models = read_index(art / "registry")["models"]
+    assert models["tiny"]["0.1"]["targets"]["wasm"]["status"] == "chosen"
+    miss = models["missing"]["0.1"]["targets"]["wasm"]
+    assert miss["status"] == "unmet" and "no_such_pkg_xyz" in miss["reason"] and "not installed" in miss["reason"]
+    # Environmental failures are retried by the next build rather than cached.
+    src = next((art / "build" / "missing" / "0.1").glob("SourceModel-*/result.json"))
+    assert json.loads(src.read_text())["retry"] is True

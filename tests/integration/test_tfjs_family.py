@@ -1,0 +1,256 @@
+"""TensorFlow.js family: PyTorch->ONNX->onnx2tf->SavedModel->tfjs and Keras->SavedModel->tfjs on tiny models,
+fp32/fp16/uint8, checked against the source model in Python and in headless Chromium (wasm, webgl, webgpu).
+Budget: < 3 minutes on the 2-core machine (one onnx2tf run, one tiny Keras training)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+for _mod in ("tensorflow", "tensorflowjs", "onnx2tf", "tf2onnx"):  # tensorflowjs imports only with stand-ins
+    if importlib.util.find_spec(_mod) is None:
+        pytest.skip(f"{_mod} not installed", allow_module_level=True)
+torch = pytest.importorskip("torch")
+
+from models import TinyCNN  # noqa: E402
+from pipeline.families import BuildInputs, all_prerequisites, families  # noqa: E402
+from pipeline.families.tfjs import convert as tfjs  # noqa: E402
+from pipeline.families.tfjs.saved_model import IO_FILE, saved_model_outputs  # noqa: E402
+from pipeline.outcome import ConversionError, UnsupportedOp  # noqa: E402
+from pipeline.sources.keras import keras_outputs, keras_to_onnx  # noqa: E402
+from pipeline.sources.pytorch import export_pytorch  # noqa: E402
+
+pytestmark = pytest.mark.toolchain
+
+# Tolerance relative to the largest reference magnitude: weights-only quantization, float32 compute.
+REL_TOL = {"tfjs_fp32": 1e-4, "tfjs_fp16": 5e-3, "tfjs_uint8": 5e-2}
+VARIANTS = {s.name: s for s in families()["tfjs"].variants}
+SAVED_MODEL = all_prerequisites()["saved_model"]
+
+
+def _recipe(kind: str, in_name: str = "input", out_name: str = "logits"):
+    """The recipe fields the family reads (source.kind, inputs, outputs)."""
+    return SimpleNamespace(source=SimpleNamespace(kind=kind),
+                           inputs=[SimpleNamespace(name=in_name, layout="NCHW")],
+                           outputs=[SimpleNamespace(name=out_name, kind="logits")])
+
+
+def _build_family(inputs: BuildInputs, root: Path) -> dict[str, list[Path]]:
+    """Build like the pipeline: prerequisite folder first, then each variant into its own folder."""
+    pdir = root / "Prerequisite-saved_model"
+    pdir.mkdir(parents=True)
+    info = SAVED_MODEL.build(inputs, pdir)
+    json.dumps(info)  # JSON-able
+    inputs.prerequisites = {"saved_model": pdir}
+    out = {}
+    for name, spec in VARIANTS.items():
+        vdir = root / f"Variant-{name}"
+        vdir.mkdir()
+        out[name] = spec.build(inputs, vdir)
+    return out
+
+
+@pytest.fixture(scope="module")
+def torch_route(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tfjs_torch")
+    torch.manual_seed(0)
+    model = TinyCNN(classes=5, activation="hardswish")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 3, 12, 12)).astype(np.float32)
+    canonical = root / "canonical.onnx"
+    export_pytorch(model, {"input": x[:1]}, canonical, output_names=["logits"],
+                        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    with torch.no_grad():
+        ref = {"logits": model(torch.from_numpy(x)).numpy()}
+    files = _build_family(BuildInputs(canonical_onnx=canonical, recipe=_recipe("pytorch")), root)
+    return SimpleNamespace(root=root, x={"input": x}, ref=ref, files=files,
+                           saved_model=root / "Prerequisite-saved_model" / "saved_model")
+
+
+@pytest.fixture(scope="module")
+def keras_route(tmp_path_factory):
+    from model_sources import fashion_keras
+    from model_sources.datasets import fashion_mnist
+
+    root = tmp_path_factory.mktemp("tfjs_keras")
+    src = root / "fashion.keras"
+    stats = fashion_keras.train(src, epochs=1, seed=0, limit=256, test_limit=64)
+    x = fashion_mnist(split="test", limit=8).inputs["input"]
+    ref = keras_outputs(src, {"input": x}, batch=4, output_names=["logits"])
+    files = _build_family(BuildInputs(canonical_onnx=root / "unused.onnx", recipe=_recipe("keras"),
+                                      source_file=src), root)
+    return SimpleNamespace(root=root, src=src, stats=stats, x={"input": x}, ref=ref, files=files,
+                           saved_model=root / "Prerequisite-saved_model" / "saved_model")
+
+
+def _close(got: np.ndarray, ref: np.ndarray, variant: str) -> None:
+    tol = REL_TOL[variant] * max(1.0, float(np.abs(ref).max()))
+    err = float(np.abs(got - ref).max())
+    assert got.shape == ref.shape
+    assert err <= tol, f"{variant}: max abs error {err:.3g} > {tol:.3g}"
+
+
+# ------------------------------------------------------------------------------------------- conversion
+
+
+def test_trainer_writes_keras_file(keras_route):
+    s = keras_route.stats
+    assert keras_route.src.is_file() and s["train_samples"] == 256 and s["test_samples"] == 64
+    assert 0.0 <= s["test_accuracy"] <= 1.0 and np.isfinite(s["final_loss"])
+    assert keras_route.ref["logits"].shape == (8, 10)
+    assert not list(keras_route.root.glob(".*.tmp*")), "temp files left behind"
+
+
+@pytest.mark.parametrize("route", ["torch_route", "keras_route"])
+def test_saved_model_matches_native(route, request):
+    r = request.getfixturevalue(route)
+    io = json.loads((r.saved_model / IO_FILE).read_text())
+    assert [s["name"] for s in io["inputs"]] == ["input"] and [s["name"] for s in io["outputs"]] == ["logits"]
+    assert io["inputs"][0]["layout"] == "NCHW" and io["inputs"][0]["shape"][1:] == list(r.x["input"].shape[1:])
+    got = saved_model_outputs(r.saved_model, r.x)
+    _close(got["logits"], r.ref["logits"], "tfjs_fp32")
+
+
+@pytest.mark.parametrize("route", ["torch_route", "keras_route"])
+def test_tfjs_files_and_manifest(route, request):
+    r = request.getfixturevalue(route)
+    sizes = {}
+    for name, files in r.files.items():
+        assert files[0].name == "model.json" and files[-1].name == tfjs.MANIFEST_FILE
+        assert all(f.is_file() and f.parent == files[0].parent for f in files)
+        model_json = json.loads(files[0].read_text())
+        shards = [p for g in model_json["weightsManifest"] for p in g["paths"]]
+        assert [f.name for f in files[1:-1]] == shards
+        man = json.loads(files[-1].read_text())
+        assert [i["name"] for i in man["inputs"]] == ["input"] and [o["name"] for o in man["outputs"]] == ["logits"]
+        assert man["inputs"][0]["node"] in {v["name"] for v in model_json["signature"]["inputs"].values()}
+        assert man["quantization"] == {"tfjs_fp32": None, "tfjs_fp16": "float16", "tfjs_uint8": "uint8"}[name]
+        assert not any(op.startswith("_Fused") and "hardswish" in op.lower() for op in man["ops"])
+        sizes[name] = sum(f.stat().st_size for f in files[1:-1])
+    assert sizes["tfjs_uint8"] < sizes["tfjs_fp16"] < sizes["tfjs_fp32"]
+
+
+def test_small_shards(keras_route, tmp_path):
+    files = tfjs.saved_model_to_tfjs(keras_route.saved_model, tmp_path / "js", shard_bytes=128 * 1024)
+    shards = files[1:-1]
+    assert len(shards) > 3 and all(f.stat().st_size <= 128 * 1024 for f in shards)
+
+
+def test_keras_to_onnx_matches_keras(keras_route, tmp_path):
+    import onnxruntime as ort
+
+    dst = keras_to_onnx(keras_route.src, tmp_path / "k.onnx", input_names=["input"], output_names=["logits"])
+    sess = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["input"] and [o.name for o in sess.get_outputs()] == ["logits"]
+    got = sess.run(["logits"], keras_route.x)[0]
+    _close(got, keras_route.ref["logits"], "tfjs_fp32")
+
+
+def test_variant_specs():
+    assert set(VARIANTS) == {"tfjs_fp32", "tfjs_fp16", "tfjs_uint8"}
+    for s in VARIANTS.values():
+        assert (s.family, s.runtime, s.native, s.prerequisites) == ("tfjs", "tfjs", None, ("saved_model",))
+        assert s.targets == ("wasm", "webgl", "webgpu")
+    assert SAVED_MODEL.family == "tfjs" and SAVED_MODEL.fingerprint()["tensorflowjs"] == "4.22.0"
+
+
+# ------------------------------------------------------------------------------------------- failures
+
+
+def test_onnx2tf_unsupported_op_is_named(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph(
+        [helper.make_node("Relu", ["input"], ["r"], name="relu"),
+         helper.make_node("Frobnicate", ["r"], ["logits"], name="frob", domain="com.example")],
+        "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
+    onnx.save(m, tmp_path / "bad.onnx")
+    out = tmp_path / "Prerequisite-saved_model"
+    out.mkdir()
+    with pytest.raises(UnsupportedOp) as ei:
+        SAVED_MODEL.build(BuildInputs(canonical_onnx=tmp_path / "bad.onnx", recipe=_recipe("onnx")), out)
+    e = ei.value
+    assert (e.step, e.op) == ("onnx2tf", "com.example:Frobnicate")
+    assert "Frobnicate" in str(e) and "frob" in str(e) and str(e).startswith("onnx2tf:")
+    assert isinstance(e, ConversionError)
+    assert not (out / "saved_model").exists()
+
+
+def test_tfjs_unsupported_op_is_named(tmp_path):
+    """A Keras layer computing a determinant: fine in TF, no TensorFlow.js kernel (MatrixDeterminant)."""
+    import keras
+
+    @keras.saving.register_keras_serializable(package="test_tfjs")
+    class Det(keras.layers.Layer):
+        def call(self, x):
+            return keras.ops.expand_dims(keras.ops.linalg.det(x), -1)
+
+    inp = keras.Input((3, 3), name="input")
+    model = keras.Model(inp, Det(name="logits")(inp))
+    src = tmp_path / "det.keras"
+    model.save(src)
+    root = tmp_path / "build"
+    with pytest.raises(UnsupportedOp) as ei:
+        _build_family(BuildInputs(canonical_onnx=tmp_path / "unused.onnx", recipe=_recipe("keras"),
+                                  source_file=src), root)
+    e = ei.value
+    assert e.step == "tfjs converter" and "MatrixDeterminant" in e.op
+    assert "unsupported op MatrixDeterminant" in str(e)
+    assert not (root / "Variant-tfjs_fp32" / "model.json").exists()
+
+
+def test_unsupported_fused_activation_is_named():
+    import base64
+
+    enc = lambda s: base64.b64encode(s.encode()).decode()  # noqa: E731
+    graph = {"modelTopology": {"node": [{"name": "c", "op": "_FusedConv2D",
+                                          "attr": {"fused_ops": {"list": {"s": [enc("BiasAdd"), enc("_FusedHardSwish")]}}}}]}}
+    with pytest.raises(UnsupportedOp, match="_FusedHardSwish"):
+        tfjs.check_tfjs_graph(graph, "tfjs converter")
+
+
+# ------------------------------------------------------------------------------------------- browser
+
+BROWSER_CASES = [
+    ("torch_route", "tfjs_fp32", "wasm"), ("torch_route", "tfjs_fp32", "webgl"), ("torch_route", "tfjs_fp32", "webgpu"),
+    ("torch_route", "tfjs_fp16", "wasm"), ("torch_route", "tfjs_uint8", "wasm"),
+    ("keras_route", "tfjs_fp32", "wasm"), ("keras_route", "tfjs_fp32", "webgpu"), ("keras_route", "tfjs_uint8", "webgl"),
+]
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("route,variant,target", BROWSER_CASES)
+def test_browser_matches_native(route, variant, target, request):
+    from browser_validate.harness import MeasureRequest, measure
+
+    r = request.getfixturevalue(route)
+    runs = 2 if target == "webgpu" else 3
+    res = measure(MeasureRequest(runtime="tfjs", target=target, model_files=r.files[variant], inputs=r.x,
+                                 eval_batch=4, warmup=1, runs=runs, timeout_s=180))
+    assert res.status == "ok", f"{res.error} {res.console_errors[:3]}"
+    assert res.env["runtime"] == "tfjs" and res.env["target"] == target and res.env["backend"] == target
+    assert len(res.latency_ms) == runs
+    _close(res.outputs["logits"], r.ref["logits"], variant)
+    if variant == "tfjs_fp32":
+        assert (res.outputs["logits"].argmax(1) == r.ref["logits"].argmax(1)).all()
+    if target == "wasm":
+        assert res.env["wasmThreads"] == 1 and res.env["wasmSimd"] is True
+
+
+@pytest.mark.browser
+def test_browser_multi_shard_model(keras_route, tmp_path):
+    from browser_validate.harness import MeasureRequest, measure
+
+    files = tfjs.saved_model_to_tfjs(keras_route.saved_model, tmp_path / "js", shard_bytes=128 * 1024)
+    res = measure(MeasureRequest(runtime="tfjs", target="wasm", model_files=files, inputs=keras_route.x,
+                                 eval_batch=8, warmup=0, runs=1, timeout_s=120))
+    assert res.status == "ok", res.error
+    _close(res.outputs["logits"], keras_route.ref["logits"], "tfjs_fp32")

@@ -1,0 +1,222 @@
+"""Every tiny model and data set the tests use, defined once. Recipes in tests refer to them as 'models:...'.
+
+PyTorch: TinyCNN (conv + BN + activation + pooling + linear), TinyMLP (a transformer-ish block: MatMul-based).
+ONNX graphs built by hand: mlp, cnn (with depthwise conv and ReLU6 as Clip with rank-0 bounds), celu (an op TVM
+lacks), broken (an op nothing knows).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from model_sources.datasets import EvalSet
+
+# ------------------------------------------------------------------------------------------------ PyTorch
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def TinyCNN(classes: int = 5, activation: str = "relu", size: int | None = None):  # noqa: N802 (a class factory)
+    """Conv 3->8 + BatchNorm (non-trivial statistics, so BN folding is exercised) + ReLU or HardSwish (the op that
+    needs TF_ENABLE_ONEDNN_OPTS=0 to stay tfjs-compatible) + global average pool + Linear -> `classes` logits."""
+    torch = _torch()
+    nn = torch.nn
+
+    class _TinyCNN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.bn = nn.BatchNorm2d(8)
+            self.fc = nn.Linear(8, classes)
+            with torch.no_grad():
+                self.bn.running_mean.uniform_(-0.5, 0.5)
+                self.bn.running_var.uniform_(0.5, 2.0)
+                self.bn.weight.uniform_(0.5, 1.5)
+                self.bn.bias.uniform_(-0.2, 0.2)
+
+        def forward(self, x):
+            h = self.bn(self.conv(x))
+            h = nn.functional.hardswish(h) if activation == "hardswish" else torch.relu(h)
+            return self.fc(h.mean(dim=(2, 3)))
+
+    return _TinyCNN().eval()
+
+
+def TinyMLP():  # noqa: N802
+    """Transformer-ish block: 3-D activations [B, T, D], Linear layers export as MatMul (+Add)."""
+    torch = _torch()
+    nn = torch.nn
+
+    class _TinyMLP(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm = nn.LayerNorm(64)
+            self.up = nn.Linear(64, 128)
+            self.down = nn.Linear(128, 64)
+            self.head = nn.Linear(64, 10)
+
+        def forward(self, x):
+            h = x + self.down(nn.functional.gelu(self.up(self.norm(x))))
+            return self.head(h.mean(dim=1))
+
+    return _TinyMLP().eval()
+
+
+# Recipe functions ('models:build', 'models:train', 'models:samples'): a 4-class TinyCNN on 8x8 inputs.
+
+def build():
+    return TinyCNN(classes=4)
+
+
+def make_weights(path, seed: int = 0) -> None:
+    torch = _torch()
+    torch.manual_seed(seed)
+    torch.save(TinyCNN(classes=4).state_dict(), path)
+
+
+def train(out_path, seed: int = 0) -> dict:
+    """A 'trainer' for recipes: deterministic weights, no data needed."""
+    make_weights(out_path, seed)
+    return {"seed": seed}
+
+
+def samples(input_name: str = "input", n: int = 12, seed: int = 1, labelled: bool = True) -> EvalSet:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 3, 8, 8)).astype(np.float32)
+    # Arbitrary labels: tests check that the labelled metrics are computed and compared, not their level.
+    labels = (np.arange(n) % 4).astype(np.int64) if labelled else None
+    return EvalSet(inputs={input_name: x}, labels=labels, ids=[f"s{i}" for i in range(n)])
+
+
+# ------------------------------------------------------------------------------------------------ ONNX graphs
+
+
+def save_graph(graph, path: Path, opset: int = 17, extra_opsets: dict[str, int] | None = None) -> Path:
+    opsets = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, v) for d, v in (extra_opsets or {}).items()]
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, path)
+    return Path(path)
+
+
+def onnx_mlp(path: Path) -> Path:
+    """x [N, 16] -> MatMul + Add + Relu + MatMul + Add -> y [N, 4]."""
+    rng = np.random.default_rng(0)
+    w1, b1 = rng.standard_normal((16, 32)).astype(np.float32), rng.standard_normal(32).astype(np.float32)
+    w2, b2 = rng.standard_normal((32, 4)).astype(np.float32) * 0.2, rng.standard_normal(4).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W1"], ["h"]), helper.make_node("Add", ["h", "B1"], ["a"]),
+         helper.make_node("Relu", ["a"], ["r"]), helper.make_node("MatMul", ["r", "W2"], ["m"]),
+         helper.make_node("Add", ["m", "B2"], ["y"])],
+        "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        [numpy_helper.from_array(a, n) for a, n in ((w1, "W1"), (b1, "B1"), (w2, "W2"), (b2, "B2"))])
+    return save_graph(graph, path)
+
+
+def onnx_cnn(path: Path) -> Path:
+    """Conv + BatchNorm + ReLU6 + depthwise Conv + MaxPool + global average pool + Gemm: a small image classifier,
+    input [batch, 3, 16, 16] -> logits [batch, 5]. ReLU6 is Clip with rank-0 min/max initializers, as in
+    MobileNet V2 (rank-0 weights once broke the TVM browser run)."""
+    rng = np.random.default_rng(1)
+    init = {
+        "Wc": rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3,
+        "Bc": rng.standard_normal(8).astype(np.float32) * 0.1,
+        "scale": rng.uniform(0.5, 1.5, 8).astype(np.float32), "shift": rng.uniform(-0.2, 0.2, 8).astype(np.float32),
+        "mean": rng.uniform(-0.3, 0.3, 8).astype(np.float32), "var": rng.uniform(0.5, 2.0, 8).astype(np.float32),
+        "Wf": rng.standard_normal((5, 8)).astype(np.float32) * 0.5, "Bf": rng.standard_normal(5).astype(np.float32),
+        "lo": np.array(0.0, np.float32), "hi": np.array(1.5, np.float32),
+        "Wd": rng.standard_normal((8, 1, 3, 3)).astype(np.float32) * 0.3,
+    }
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["input", "Wc", "Bc"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("BatchNormalization", ["c", "scale", "shift", "mean", "var"], ["bn"]),
+         helper.make_node("Clip", ["bn", "lo", "hi"], ["r"]),
+         helper.make_node("Conv", ["r", "Wd"], ["d"], pads=[1, 1, 1, 1], group=8),  # depthwise, as in MobileNet
+         helper.make_node("MaxPool", ["d"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+         helper.make_node("GlobalAveragePool", ["p"], ["g"]),
+         helper.make_node("Flatten", ["g"], ["f"]),
+         helper.make_node("Gemm", ["f", "Wf", "Bf"], ["logits"], transB=1)],
+        "cnn", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 5])],
+        [numpy_helper.from_array(v, k) for k, v in init.items()])
+    return save_graph(graph, path)
+
+
+def onnx_celu(path: Path) -> Path:
+    """Celu: a standard ONNX op (opset 12) without a Relax frontend converter in TVM 0.27."""
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Celu", ["r"], ["y"], alpha=1.0)],
+        "celu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    return save_graph(graph, path)
+
+
+def onnx_broken(path: Path) -> Path:
+    """Structurally loadable model whose op does not exist: converters and onnxruntime must refuse it."""
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])
+    g = helper.make_graph([helper.make_node("NoSuchOp", ["input"], ["logits"])], "broken", [x], [y])
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    return Path(path)
+
+
+def ort_run(model: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The model in onnxruntime (CPU): the native answer tests compare with."""
+    from pipeline.onnx_utils import ort_session
+
+    sess = ort_session(model)
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, inputs)))
+
+
+# ------------------------------------------------------------------------------------------------ exported
+
+DYN = {"input": {0: "batch"}, "logits": {0: "batch"}}
+
+
+def tiny(kind: str):
+    """(model, per-sample shape) of the two PyTorch test models, deterministically initialised."""
+    _torch().manual_seed(0)
+    if kind == "cnn":
+        return TinyCNN(classes=5), (3, 16, 16)
+    return TinyMLP(), (4, 64)
+
+
+def export_tiny_models(work: Path) -> dict:
+    """{kind: {model, shape, path (canonical ONNX), x (eval inputs), ref (PyTorch outputs), calib}} for cnn and mlp."""
+    from pipeline.sources.pytorch import export_pytorch
+
+    torch = _torch()
+    out = {}
+    rng = np.random.default_rng(0)
+    for kind in ("cnn", "mlp"):
+        model, shape = tiny(kind)
+        dst = Path(work) / kind / "canonical.onnx"
+        example = {"input": rng.standard_normal((1, *shape)).astype(np.float32)}
+        export_pytorch(model, example, dst, output_names=["logits"], dynamic_axes=DYN)
+        x = rng.standard_normal((32, *shape)).astype(np.float32)
+        with torch.no_grad():
+            ref = model(torch.from_numpy(x)).numpy()
+        calib = rng.standard_normal((32, *shape)).astype(np.float32)
+        out[kind] = dict(model=model, shape=shape, path=dst, x=x, ref=ref, calib=calib)
+    return out
+
+
+def logits(path: Path, x: np.ndarray) -> np.ndarray:
+    return ort_run(path, {"input": x})["logits"]
+
+
+def no_temp_files(d: Path) -> None:
+    leftovers = [p.name for p in Path(d).iterdir() if p.name.startswith(".")]
+    assert not leftovers, f"temporary files left behind: {leftovers}"

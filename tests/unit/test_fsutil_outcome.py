@@ -1,0 +1,108 @@
+"""Atomic writes (the one helper), stale temp cleanup, and failures as data."""
+import os
+import stat
+import time
+
+import pytest
+
+from pipeline import fsutil
+from pipeline.outcome import (ConversionError, MeasurementError, NotApplicable, SourceError, UnsupportedOp,
+                              conversion_step, failure_record, upstream_failure)
+
+
+def mode(p):
+    return stat.S_IMODE(p.stat().st_mode)
+
+
+def test_atomic_dir_replaces_whole_and_is_world_readable(tmp_path):
+    final = tmp_path / "out"
+    with fsutil.atomic_dir(final) as tmp:
+        (tmp / "a.txt").write_text("1")
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "b.bin").write_bytes(b"x")
+        assert not final.exists()
+    assert (final / "a.txt").read_text() == "1"
+    assert mode(final) == 0o755 and mode(final / "sub") == 0o755 and mode(final / "a.txt") == 0o644
+    with fsutil.atomic_dir(final) as tmp:
+        (tmp / "c.txt").write_text("2")
+    assert sorted(p.name for p in final.iterdir()) == ["c.txt"]  # replaced whole
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_atomic_dir_failure_leaves_old_result(tmp_path):
+    final = tmp_path / "out"
+    with fsutil.atomic_dir(final) as tmp:
+        (tmp / "a.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with fsutil.atomic_dir(final) as tmp:
+            (tmp / "a.txt").write_text("new")
+            raise RuntimeError("boom")
+    assert (final / "a.txt").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_merge_moves_the_entry_last(tmp_path, monkeypatch):
+    final = tmp_path / "model"
+    final.mkdir()
+    (final / "keep.txt").write_text("k")
+    order = []
+    real = os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: (order.append(os.path.basename(b)), real(a, b)))
+    with fsutil.atomic_dir(final, merge=True, last="model.json") as tmp:
+        for name in ("model.json", "a.bin", "z.bin"):
+            (tmp / name).write_text(name)
+    assert order == ["a.bin", "z.bin", "model.json"]
+    assert sorted(p.name for p in final.iterdir()) == ["a.bin", "keep.txt", "model.json", "z.bin"]
+
+
+def test_atomic_file_with_sidecar_and_suffix(tmp_path):
+    dst = tmp_path / "d" / "m.onnx"
+    with fsutil.atomic_file(dst) as tmp:
+        tmp.write_bytes(b"model")
+        tmp.with_name("m.onnx.data").write_bytes(b"weights")
+    assert dst.read_bytes() == b"model" and (dst.parent / "m.onnx.data").read_bytes() == b"weights"
+    assert mode(dst) == 0o644
+    with fsutil.atomic_file(tmp_path / "model.bin", suffix=".keras") as tmp:
+        assert tmp.name.endswith(".keras")
+        tmp.write_bytes(b"k")
+    assert (tmp_path / "model.bin").read_bytes() == b"k"
+    fsutil.write_json_atomic(tmp_path / "r.json", {"a": 1})
+    assert mode(tmp_path / "r.json") == 0o644
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(fsutil.TEMP_SUFFIX)]
+
+
+def test_stale_temps_are_removed_fresh_ones_kept(tmp_path):
+    old = tmp_path / "build" / ".Task-abc.x1.tmp"
+    old.mkdir(parents=True)
+    (old / "partial").write_text("x")
+    fresh = tmp_path / "build" / ".Task-def.x2.tmp"
+    fresh.mkdir()
+    past = time.time() - 7200
+    os.utime(old, (past, past))
+    removed = fsutil.remove_stale_temps(tmp_path)
+    assert removed == [old] and not old.exists() and fresh.exists()
+
+
+def test_failure_records():
+    r = failure_record(SourceError("package 'x' is not installed"), "source")
+    assert r == {"status": "failed", "stage": "source", "error": "package 'x' is not installed", "retry": True}
+    r = failure_record(NotApplicable("int4: no MatMul"), "convert")
+    assert r["status"] == "unsupported" and r["stage"] == "convert" and r["retry"] is False
+    r = failure_record(MeasurementError("browser crashed", retryable=True, details={"env": {"a": 1}}), "browser")
+    assert r["retry"] is True and r["env"] == {"a": 1} and r["stage"] == "browser"
+    r = failure_record(RuntimeError("exploded\nsecond line"), "convert")
+    assert r["error"] == "RuntimeError: exploded" and "traceback" in r and r["retry"] is False
+    e = upstream_failure({"status": "failed", "stage": "export", "error": "bad", "retry": True})
+    assert e.record("browser") == {"status": "failed", "stage": "export", "error": "bad", "retry": True}
+    u = UnsupportedOp("onnx2tf", "com.example:Frob", "node f")
+    assert (u.step, u.op, u.ops) == ("onnx2tf", "com.example:Frob", ["com.example:Frob"])
+    assert str(u) == "onnx2tf: unsupported op com.example:Frob (node f)" and isinstance(u, ConversionError)
+
+
+def test_conversion_step_names_the_step_and_files(tmp_path):
+    @conversion_step("squash")
+    def squash(src, dst):
+        raise KeyError("k")
+
+    with pytest.raises(ConversionError, match=r"squash failed \(a -> b\): KeyError"):
+        squash("a", "b")

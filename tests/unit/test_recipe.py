@@ -1,0 +1,112 @@
+"""Recipe schema: bad recipes fail before any work, naming the file and the field."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.outcome import SourceError
+from pipeline.recipe import RecipeError, load_recipe, load_recipes
+
+ROOT = Path(__file__).resolve().parents[2]
+
+GOOD = {
+    "name": "tiny", "version": "1",
+    "source": {"kind": "pytorch", "module": {"function": "models:build"},
+               "weights": {"trainer": {"function": "models:train"}}},
+    "inputs": [{"name": "input", "shape": ["batch", 3, 8, 8]}],
+    "outputs": [{"name": "logits", "kind": "logits"}],
+    "data": {"eval": {"function": "models:samples"}},
+    "budget": {"min_top1_agreement": 0.9},
+    "targets": ["wasm", "webgpu"],
+}
+
+
+def write(tmp_path, data, name="r.yaml"):
+    p = tmp_path / name
+    p.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return p
+
+
+def with_(path, value):
+    import copy
+
+    d = copy.deepcopy(GOOD)
+    cur = d
+    for k in path[:-1]:
+        cur = cur[k]
+    if value is KeyError:
+        del cur[path[-1]]
+    else:
+        cur[path[-1]] = value
+    return d
+
+
+def test_demo_recipes_validate():
+    names = {r.name for r in load_recipes(ROOT / "recipes")}
+    assert names == {"mobilenet_v2", "fashion_cnn", "fashion_keras", "text_direction"}
+
+
+def test_good_recipe_defaults(tmp_path):
+    r = load_recipe(write(tmp_path, GOOD))
+    assert r.inputs[0].dynamic_axes == {0: "batch"}
+    assert r.measure["webgpu"].runs < r.measure["wasm"].runs  # software WebGPU: few runs by default
+    assert set(r.measure) == {"wasm", "webgpu", "webgl"}  # one default per row of pipeline.targets
+    assert r.selection.objectives == ["latency"] and r.selection.goals.input_delay_ms is None
+    assert r.path == (tmp_path / "r.yaml").resolve()
+
+
+@pytest.mark.parametrize("path,value,field,words", [
+    (("budget",), {}, "budget", "at least one"),
+    (("budget", "min_top1_agreement"), 1.5, "budget.min_top1_agreement", "less than or equal to 1"),
+    (("targets",), ["wasm", "vulkan"], "targets", "unknown target"),
+    (("variants",), ["fp32", "int3"], "variants", "unknown variant"),
+    (("source", "kind"), "caffe", "source", "caffe"),
+    (("source", "module", "function"), "no_colon", "source.pytorch.module.function", "package.module:function"),
+    (("source", "weights"), {"file": "a.pt", "trainer": {"function": "models:train"}}, "source.pytorch.weights",
+     "exactly one"),
+    (("inputs", 0, "shape"), [0, 3], "inputs.0.shape", "positive"),
+    (("inputs", 0, "dtype"), "float64", "inputs.0.dtype", "float32"),
+    (("name",), "Bad Name", "name", "pattern"),
+    (("data",), KeyError, "data", "Field required"),
+    (("budget", "max_abs_eror"), 0.1, "budget.max_abs_eror", "Extra inputs"),
+    (("selection",), {"objectives": ["latency", "speed"]}, "selection.objectives", "unknown objective"),
+    (("selection",), {"goals": {"latency": 5}}, "selection.goals.latency", "Extra inputs"),
+])
+def test_bad_field_named(tmp_path, path, value, field, words):
+    p = write(tmp_path, with_(path, value))
+    with pytest.raises(RecipeError) as e:
+        load_recipe(p)
+    msg = str(e.value)
+    assert str(p) in msg and f": {field}" in msg and words in msg, msg
+
+
+def test_malformed_yaml_names_line(tmp_path):
+    p = write(tmp_path, "name: tiny\nsource: [unclosed\n")
+    with pytest.raises(RecipeError, match=rf"{p}: malformed YAML at line \d+"):
+        load_recipe(p)
+
+
+def test_not_a_mapping(tmp_path):
+    with pytest.raises(RecipeError, match="expected a mapping"):
+        load_recipe(write(tmp_path, "- a\n- b\n"))
+
+
+def test_folder_reports_every_bad_recipe_and_duplicates(tmp_path):
+    write(tmp_path, GOOD, "a.yaml")
+    write(tmp_path, GOOD, "b.yaml")  # same name/version
+    write(tmp_path, with_(("targets",), []), "c.yaml")
+    with pytest.raises(RecipeError) as e:
+        load_recipes(tmp_path)
+    msg = str(e.value)
+    assert "b.yaml: name/version tiny 1 already used" in msg and "c.yaml: targets" in msg
+
+
+def test_missing_files_are_clear(tmp_path):
+    d = with_(("source", "weights"), {"file": "nowhere.pt"})
+    r = load_recipe(write(tmp_path, d))
+    with pytest.raises(SourceError, match="file not found: .*nowhere.pt"):
+        r.resolve_file(r.source.weights)
+    d = with_(("source", "weights"), {"package_file": {"package": "no_such_pkg_xyz", "path": "w.pt"}})
+    r = load_recipe(write(tmp_path, d))
+    with pytest.raises(SourceError, match="no_such_pkg_xyz.*not installed"):
+        r.resolve_file(r.source.weights)

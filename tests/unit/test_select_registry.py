@@ -1,0 +1,173 @@
+"""Selection with crafted metrics, and the registry's atomic, content-addressed publish."""
+import json
+import os
+
+import jsonschema
+import numpy as np
+import pytest
+
+from pipeline.evaluate.metrics import budget_violations, compare, latency_stats
+from pipeline.recipe import Budget, Goals, OutputSpec
+from pipeline.release.registry import publish, read_index, validate_index
+from pipeline.release.select import Candidate, select
+
+
+def cand(variant, target="wasm", median=1.0, size=100, status="ok", reasons=(), **values):
+    return Candidate(variant=variant, runtime="ort", target=target, status=status, reasons=list(reasons),
+                     values={"latency": median if status == "ok" else None, "size": size, **values})
+
+
+def test_fastest_inside_budget_wins():
+    d = select("wasm", [cand("fp32", median=3), cand("int8", median=1, reasons=["top-1 agreement 0.5 < 0.99"]),
+                        cand("fp16", median=2), cand("x", target="webgpu", median=0.1)])
+    assert d.status == "chosen" and d.chosen.variant == "fp16"
+    assert [c.variant for c in d.ranking] == ["fp16", "fp32"]
+    assert {c.variant for c in d.rejected} == {"int8"}
+
+
+def test_tie_goes_to_smaller_download():
+    d = select("wasm", [cand("a", median=1.00, size=500), cand("b", median=1.01, size=100)], tie_tolerance=0.02)
+    assert d.chosen.variant == "b" and "smaller download" in d.reason
+    d = select("wasm", [cand("a", median=1.00, size=500), cand("b", median=1.10, size=100)], tie_tolerance=0.02)
+    assert d.chosen.variant == "a"
+
+
+def test_unmet_never_falls_back():
+    d = select("webgpu", [cand("fp32", target="webgpu", reasons=["max abs error 3 > 0.01"]),
+                          cand("fp16", target="webgpu", status="unsupported", reasons=["lacks shader-f16"])])
+    assert d.status == "unmet" and d.chosen is None
+    assert "fp32: max abs error" in d.reason and "lacks shader-f16" in d.reason
+    assert select("webgl", [cand("fp32")]).reason == "no candidate was built for this target"
+
+
+def test_compare_and_budget():
+    ref = {"y": np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])}
+    got = {"y": np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [0.0, 1.0]])}
+    labels = np.array([0, 1, 0, 0])
+    m = compare(got, ref, [OutputSpec(name="y", kind="logits")], labels)
+    assert m["top1_agreement"] == 0.75 and m["native_label_accuracy"] == 0.75 and m["label_accuracy"] == 0.5
+    assert m["max_abs_error"] == 1.0
+    v = budget_violations(m, Budget(min_top1_agreement=0.99, max_accuracy_drop=0.01, max_abs_error=0.5))
+    assert len(v) == 3 and "25.00 points" in v[1]
+    assert budget_violations(m, Budget(min_top1_agreement=0.7)) == []
+    nan = compare({"y": got["y"] * np.nan}, ref, [OutputSpec(name="y", kind="logits")], None)
+    assert "outputs contain NaN/Inf" in budget_violations(nan, Budget(max_abs_error=1e9))
+    with pytest.raises(ValueError, match="shape"):
+        compare({"y": got["y"][:2]}, ref, [OutputSpec(name="y")], None)
+
+
+def test_latency_stats():
+    s = latency_stats([1, 2, 3, 4, 100])
+    assert s["median"] == 3 and s["n"] == 5 and s["p90"] > 4
+
+
+def entry(tmp_path, content=b"model-bytes"):
+    f = tmp_path / "model.onnx"
+    f.write_bytes(content)
+    metrics = {"latency_ms": {"median": 1.0, "p90": 2.0}, "native_latency_ms": {"median": 0.5},
+               "cold_start_ms": 10.0, "accuracy": {"top1_agreement": 1.0}, "peak_memory_bytes": 1000}
+    return {"inputs": [{"name": "x", "shape": ["batch", 3], "dtype": "float32"}],
+            "outputs": [{"name": "y", "kind": "logits"}],
+            "targets": {"wasm": {"status": "chosen", "reason": "fastest", "runtime": "ort", "backend": "wasm",
+                                 "variant": "fp32", "files": [f], "metrics": metrics},
+                        "webgpu": {"status": "unmet", "reason": "nothing inside budget", "runtime": None,
+                                   "backend": None, "variant": None, "files": [], "metrics": {}}}}
+
+
+def test_publish_content_addressed_and_valid(tmp_path):
+    reg = tmp_path / "registry"
+    v = publish(reg, "m", "1", entry(tmp_path), {"candidates": []})
+    f = v["targets"]["wasm"]["files"][0]
+    assert (reg / f["path"]).read_bytes() == b"model-bytes"
+    assert f["path"] == f"m/1/files/{f['sha256']}/model.onnx" and f["bytes"] == 11
+    index = read_index(reg)
+    validate_index(index)
+    assert index["models"]["m"]["1"]["targets"]["webgpu"]["status"] == "unmet"
+    # A second model keeps the first; no temp files are left behind.
+    publish(reg, "n", "2", entry(tmp_path, b"other"), {})
+    assert set(read_index(reg)["models"]) == {"m", "n"}
+    assert not [p for p in reg.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_schema_rejects_chosen_without_metrics(tmp_path):
+    e = entry(tmp_path)
+    del e["targets"]["wasm"]["metrics"]["peak_memory_bytes"]
+    with pytest.raises(jsonschema.ValidationError):
+        publish(tmp_path / "reg", "m", "1", e, {})
+    assert not (tmp_path / "reg" / "index.json").exists()  # nothing half-published
+
+
+def test_failed_write_leaves_old_index(tmp_path, monkeypatch):
+    reg = tmp_path / "registry"
+    publish(reg, "m", "1", entry(tmp_path), {})
+    before = (reg / "index.json").read_text()
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", boom)
+    with pytest.raises(OSError):
+        publish(reg, "m", "2", entry(tmp_path), {})
+    assert (reg / "index.json").read_text() == before
+    assert not [p for p in reg.rglob("*") if p.name.endswith(".tmp")]
+    assert json.loads(before)["models"]["m"].keys() == {"1"}
+
+
+def test_objectives_in_priority_order_and_goals():
+    a = cand("a", median=1.00, size=900, cold_start=900, memory=50)
+    b = cand("b", median=1.01, size=800, cold_start=300, memory=90)
+    c = cand("c", median=2.00, size=100, cold_start=100, memory=10)
+    d = select("wasm", [a, b, c], 0.02, ["latency", "cold_start"])
+    assert d.chosen.variant == "b" and "latency > cold_start" in d.reason  # tied on latency, faster start
+    d = select("wasm", [cand("a", median=1.0), cand("b", median=1.01)], 0.02, ["cold_start", "latency"])
+    assert d.chosen.variant == "a"  # no cold start measured for either: latency decides
+    g = select("wasm", [a, b, c], 0.02, ["latency"], Goals(cold_start_ms=500))
+    assert g.chosen.variant == "b" and any("cold start 900 ms > goal 500" in r for r in a.reasons)
+    u = select("wasm", [cand("x", median=5.0)], 0.02, ["latency"], Goals(latency_ms=1))
+    assert u.status == "unmet" and "median latency 5 ms > goal 1 ms" in u.reason
+    s = select("wasm", [cand("x", median=5.0, slowdown=9.0)], 0.02, ["latency"], Goals(max_slowdown_vs_native=4))
+    assert s.status == "unmet" and "slowdown vs native 9 x > goal 4 x" in s.reason
+
+
+def test_every_objective_reads_a_measurement():
+    """Each row of pipeline.objectives reads its value from a browser measurement (and the native run)."""
+    from pipeline.objectives import OBJECTIVES, objective_values
+
+    m = {"latency": {"median": 4.0}, "cold_start_ms": 120.0, "download_bytes": 2048, "peak_memory_bytes": 10,
+         "qoe": {"worker": {"input_delay_ms": {"p95": 3.0}}}, "ship_mode": {"mode": "worker"}}
+    v = objective_values(m, {"latency_ms": {"median": 2.0}})
+    assert v == {"latency": 4.0, "cold_start": 120.0, "size": 2048, "memory": 10, "responsiveness": 3.0,
+                 "slowdown": 2.0}
+    assert set(v) == set(OBJECTIVES) and len({o.goal for o in OBJECTIVES.values()}) == len(OBJECTIVES)
+    assert set(Goals.model_fields) == {o.goal for o in OBJECTIVES.values()}
+
+
+def test_ship_mode_from_qoe():
+    from pipeline.evaluate.metrics import ship_mode
+
+    smooth = {"fps": 60, "dropped_frames": 0, "input_delay_ms": {"p95": 5}}
+    janky = {"fps": 12, "dropped_frames": 140, "input_delay_ms": {"p95": 400}}
+    assert ship_mode({"main": smooth, "worker": smooth})["mode"] == "main"
+    m = ship_mode({"main": janky, "worker": smooth})
+    assert m["mode"] == "worker" and "400 ms" in m["reason"]
+    assert ship_mode({"main": janky, "worker": {"error": "worker: no WebGPU"}})["mode"] == "main"
+    assert ship_mode(None)["mode"] is None
+    assert ship_mode({"worker": smooth})["mode"] == "worker"  # main thread not measured
+
+
+def test_noisy_timing_is_flagged():
+    assert latency_stats([10, 10.1, 9.9, 10, 10.2, 10])["noisy"] is None
+    assert "IQR" in latency_stats([5, 10, 20, 5, 30, 10, 8])["noisy"]
+    assert "only 3 runs" in latency_stats([1, 1, 1])["noisy"]
+    c = cand("a", median=1.0)
+    c.record = {"latency": latency_stats([1, 1, 1])}
+    assert "[timing noisy: only 3 runs]" in select("wasm", [c]).reason
+
+
+def test_capped_evaluation_covers_the_whole_set():
+    from pipeline.evaluate.samples import eval_subset
+
+    idx = eval_subset(56, 16)
+    assert len(idx) == 16 and idx[0] == 0 and idx[-1] == 55
+    assert len({i // 7 for i in idx}) == 8  # 8 photos x 7 views: every photo is represented
+    assert list(eval_subset(5, 10)) == [0, 1, 2, 3, 4]
