@@ -21,6 +21,7 @@ from models import TinyCNN  # noqa: E402
 from pipeline.families import BuildInputs, all_prerequisites, families  # noqa: E402
 from pipeline.families.tfjs import convert as tfjs  # noqa: E402
 from pipeline.families.tfjs.saved_model import IO_FILE, saved_model_outputs  # noqa: E402
+from pipeline.fsutil import sha256_file  # noqa: E402
 from pipeline.outcome import ConversionError, UnsupportedOp  # noqa: E402
 from pipeline.sources.keras import keras_outputs, keras_to_onnx  # noqa: E402
 from pipeline.sources.pytorch import export_pytorch  # noqa: E402
@@ -67,8 +68,10 @@ def torch_route(tmp_path_factory):
                         dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
     with torch.no_grad():
         ref = {"logits": model(torch.from_numpy(x)).numpy()}
+    before = sha256_file(canonical)
     files = _build_family(BuildInputs(canonical_onnx=canonical, recipe=_recipe("pytorch")), root)
-    return SimpleNamespace(root=root, x={"input": x}, ref=ref, files=files,
+    return SimpleNamespace(root=root, x={"input": x}, ref=ref, files=files, canonical=canonical,
+                           canonical_sha256=(before, sha256_file(canonical)),
                            saved_model=root / "Prerequisite-saved_model" / "saved_model")
 
 
@@ -96,6 +99,13 @@ def _close(got: np.ndarray, ref: np.ndarray, variant: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------- conversion
+
+
+def test_onnx2tf_leaves_the_canonical_model_alone(torch_route):
+    """onnx2tf rewrites the file it is given: it must get a private copy (every ORT variant and the native
+    reference are built from the canonical file)."""
+    before, after = torch_route.canonical_sha256
+    assert before == after
 
 
 def test_trainer_writes_keras_file(keras_route):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -190,8 +191,14 @@ def onnx_to_saved_model(onnx_path: str | Path, out_dir: str | Path, *, keep_nchw
     env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS="0", TF_CPP_MIN_LOG_LEVEL="2",
                PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
     with scratch_dir(out_dir) as tmp, atomic_dir(out_dir) as sm:
+        # onnx2tf rewrites its input file in place (onnxsim passes, op renaming): it gets a private copy, never
+        # the canonical model other variants are built from.
+        private = tmp / "input" / onnx_path.name
+        private.parent.mkdir()
+        for f in [onnx_path, *onnx_path.parent.glob(f"{onnx_path.name}.data")]:
+            shutil.copyfile(f, private.parent / f.name)
         work = tmp / "onnx2tf_out"
-        cmd = [str(exe) if exe.exists() else "onnx2tf", "-i", str(onnx_path), "-o", str(work),
+        cmd = [str(exe) if exe.exists() else "onnx2tf", "-i", str(private), "-o", str(work),
                "-tb", "tf_converter", "-osd", "-v", "info"]
         if keep:
             cmd += ["-kat", *keep]
