@@ -13,6 +13,7 @@ Not thread-safe: call measure() from one thread (Playwright's sync API is bound 
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import tempfile
@@ -27,7 +28,7 @@ import psutil
 
 from . import PAGE_DIR
 from .browser import _BROWSER, CHROMIUM_ARGS, close_browser  # noqa: F401  (re-exported: callers import them from here)
-from .job import JOB_DIR_PREFIX, decode_outputs, write_job
+from .job import decode_outputs, job_dir_prefix, remove_stale_job_dirs, write_job
 from .memory import MemorySampler, baseline_memory, gpu_pids, renderer_pids
 from .runtimes import RUNTIMES, RUNTIMES_DIR
 from .server import get_server
@@ -108,6 +109,11 @@ class MeasureResult:
 
 # --------------------------------------------------------------------------- measure
 
+@functools.lru_cache(maxsize=1)
+def _remove_stale_job_dirs_once() -> None:
+    remove_stale_job_dirs()
+
+
 def measure(req: MeasureRequest, on_stage: Callable[[str], None] | None = None) -> MeasureResult:
     """Measure one artifact. Never raises for model/browser problems: returns status "failed".
     `on_stage(name)` is called as the page moves through its stages (for progress reporting)."""
@@ -135,7 +141,8 @@ def _measure(req: MeasureRequest, on_stage=None) -> MeasureResult:
     prefix = f"/job/{job_id}/"
     # Removed on the way out of the with-block, whatever happened in the browser (_run_page never raises
     # for browser problems, and an exception would still leave through __exit__).
-    with tempfile.TemporaryDirectory(prefix=JOB_DIR_PREFIX) as tmp:
+    _remove_stale_job_dirs_once()
+    with tempfile.TemporaryDirectory(prefix=job_dir_prefix()) as tmp:
         try:
             write_job(Path(tmp), req.model_files, req.inputs)
         except (OSError, ValueError) as e:

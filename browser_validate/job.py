@@ -11,11 +11,36 @@ import base64
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
 JOB_DIR_PREFIX = "bv-job-"
+
+
+def job_dir_prefix() -> str:
+    """Job folders carry their process id, so a later run can remove those a killed process left behind."""
+    return f"{JOB_DIR_PREFIX}{os.getpid()}-"
+
+
+def remove_stale_job_dirs(tmp_root: str | Path | None = None) -> list[Path]:
+    """Remove job folders whose process is gone (a kill -9 skips every cleanup). Returns what was removed."""
+    removed = []
+    for p in Path(tmp_root or tempfile.gettempdir()).glob(f"{JOB_DIR_PREFIX}*-*"):
+        pid = p.name[len(JOB_DIR_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # its process is alive: a concurrent measurement
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
+    return removed
 # The dtypes the page can turn into typed arrays (TYPED in runtimes/adapter.js).
 SUPPORTED_DTYPES = {"float32", "float64", "float16", "int8", "uint8", "bool", "int16", "uint16",
                     "int32", "uint32", "int64", "uint64"}

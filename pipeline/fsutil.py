@@ -1,9 +1,9 @@
 """Files: content hashes, locks, and the one way results are written — whole or not at all.
 
 Every result (a task's folder, a converted model, a registry file, a trained weights file) is written into a
-fresh temp folder beside its final place, named ``.<final name>.<random>.tmp``, and moved into place by rename
-only when complete. A crash or kill leaves at most such a temp folder, which ``remove_stale_temps`` clears on the
-next start. Results are made world-readable (files 0644, folders 0755) like any release artifact: a web server
+fresh temp folder beside its final place, named ``.<final name>.<host>-<pid>-<random>.tmp``, and moved into place
+by rename only when complete. A crash or kill leaves at most such a temp folder, which ``remove_stale_temps``
+clears on the next start (when its process is gone). Results are made world-readable (files 0644, folders 0755) like any release artifact: a web server
 running as another user must be able to serve them.
 """
 from __future__ import annotations
@@ -13,13 +13,17 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
 
 TEMP_SUFFIX = ".tmp"
+_HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:40]
+_TEMP_OWNER = re.compile(r"\.(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)-[^.]*\.tmp$")
 FILE_MODE, DIR_MODE = 0o644, 0o755
 
 
@@ -62,6 +66,21 @@ def _make_readable(root: Path) -> None:
                 os.chmod(p, FILE_MODE)
 
 
+def temp_prefix(name: str) -> str:
+    """Temp names say who made them (host, pid), so a later run can tell a live temp from a killed run's."""
+    return f".{name}.{_HOST}-{os.getpid()}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def atomic_dir(final: Path, *, merge: bool = False, last: str | None = None) -> Iterator[Path]:
     """Yield a fresh temp folder beside `final` to write into. On success:
@@ -74,7 +93,7 @@ def atomic_dir(final: Path, *, merge: bool = False, last: str | None = None) -> 
     final = Path(final)
     parent = final if merge else final.parent
     parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{final.name}.", suffix=TEMP_SUFFIX))
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=temp_prefix(final.name), suffix=TEMP_SUFFIX))
     try:
         yield tmp
         _make_readable(tmp)
@@ -90,7 +109,8 @@ def atomic_dir(final: Path, *, merge: bool = False, last: str | None = None) -> 
                 os.replace(tmp / name, dst)
             tmp.rmdir()
         elif final.exists():  # a stale result with the same key: replace it whole
-            old = final.with_name(f".{final.name}.old-{os.getpid()}{TEMP_SUFFIX}")
+            old = Path(tempfile.mkdtemp(dir=parent, prefix=temp_prefix(final.name) + "old", suffix=TEMP_SUFFIX))
+            old.rmdir()
             os.replace(final, old)
             os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
@@ -120,7 +140,8 @@ def scratch_dir(near: Path) -> Iterator[Path]:
     removed afterwards. For converters' intermediate files, never for results."""
     parent = Path(near).parent
     parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{Path(near).name}.scratch-", suffix=TEMP_SUFFIX, dir=parent) as d:
+    with tempfile.TemporaryDirectory(prefix=temp_prefix(Path(near).name) + "scratch", suffix=TEMP_SUFFIX,
+                                     dir=parent) as d:
         yield Path(d)
 
 
@@ -151,21 +172,24 @@ def copy_atomic(src: Path, dst: Path) -> None:
         shutil.copyfile(src, tmp)
 
 
-def remove_stale_temps(root: Path, older_than_s: float = 3600.0) -> list[Path]:
-    """Remove temp folders/files (``.*.tmp``) under `root` left by killed runs. Only those untouched for
-    `older_than_s`: a concurrent build's live temp folder is recent."""
+def remove_stale_temps(root: Path, max_age_s: float = 24 * 3600.0) -> list[Path]:
+    """Remove temp folders/files (``.*.tmp``) under `root` left by killed runs: those whose process (on this
+    host) is gone, and any older than `max_age_s` (another host's, or an unknown owner's). A live run's temps,
+    here or on another worker sharing the folder, are left alone."""
     root = Path(root)
     if not root.is_dir():
         return []
-    cutoff = time.time() - older_than_s
+    cutoff = time.time() - max_age_s
     removed = []
     for dirpath, dirnames, filenames in os.walk(root):
         for name in list(dirnames) + filenames:
             if not (name.startswith(".") and name.endswith(TEMP_SUFFIX)):
                 continue
             p = Path(dirpath) / name
+            owner = _TEMP_OWNER.search(name)
             try:
-                if p.lstat().st_mtime > cutoff:
+                dead = owner is not None and owner["host"] == _HOST and not _pid_alive(int(owner["pid"]))
+                if not dead and p.lstat().st_mtime > cutoff:
                     continue
                 if p.is_dir() and not p.is_symlink():
                     shutil.rmtree(p, ignore_errors=True)

@@ -31,6 +31,30 @@ def content_hash(path: Path) -> str:
     return _content_hash(str(path), st.st_size, st.st_mtime_ns)
 
 
+def verify_file(path: Path, sha256: str, what: str) -> None:
+    """Check, by a fresh read, that `path` still holds the content recorded for it where it crossed a task
+    boundary; IntegrityError naming the file otherwise."""
+    from pipeline.outcome import IntegrityError
+
+    path = Path(path)
+    if not path.is_file():
+        raise IntegrityError(f"{what}: {path} is missing")
+    got = sha256_file(path)
+    if got != sha256:
+        raise IntegrityError(f"{what}: {path} has sha256 {got[:16]}…, but {sha256[:16]}… was recorded for it: "
+                             "the file changed after it was written")
+
+
+# Fields of a task result that say how a run went, not what it produced: left out of its digest, so a rerun
+# that produced the same thing does not invalidate the tasks that consumed it.
+VOLATILE_FIELDS = ("seconds", "attempt", "seconds_eval", "traceback")
+
+
+def result_digest(result: dict) -> str:
+    stable = {k: v for k, v in result.items() if k not in VOLATILE_FIELDS}
+    return hashlib.sha256(json.dumps(stable, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def task_key(task_name: str, fingerprint: object, input_keys: list[str]) -> str:
     blob = json.dumps([CACHE_EPOCH, task_name, fingerprint, input_keys], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

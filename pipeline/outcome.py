@@ -8,7 +8,12 @@ budget) are not, and stay cached until their inputs change.
 """
 from __future__ import annotations
 
+import errno
 import traceback
+
+# A retryable failure is tried again by each of the next builds, up to this many attempts in all; then it is
+# kept as a failure like any other (its record says so) until one of its inputs changes.
+MAX_ATTEMPTS = 3
 
 
 class PipelineError(Exception):
@@ -81,6 +86,20 @@ class UnsupportedOp(ConversionError):
         super().__init__(f"{step}: unsupported op {self.op}" + (f" ({detail})" if detail else ""))
 
 
+class IntegrityError(PipelineError):
+    """A file differs from the content recorded for it (tampered, rewritten by a converter, corrupted on disk).
+    Retried: the next build rebuilds whatever produced it."""
+
+    stage = "integrity"
+    retryable = True
+
+
+class RegistryError(PipelineError):
+    """The registry cannot be read or written as it is (e.g. a corrupt index.json); the message names the file."""
+
+    stage = "registry"
+
+
 class MeasurementError(PipelineError):
     """A browser measurement failed (crash, timeout, wrong console, page error)."""
 
@@ -92,6 +111,19 @@ class Unsupported(PipelineError):
 
     stage = "unsupported"
     status = "unsupported"
+
+
+# Errors of the machine, not of the model: the build itself fails (non-zero exit) and nothing is recorded, so the
+# next build simply runs the task again.
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EMFILE, errno.ENFILE, errno.ENOMEM}
+
+
+def is_environment_failure(e: BaseException) -> bool:
+    while e is not None:
+        if isinstance(e, MemoryError) or (isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def short(e: BaseException) -> str:
@@ -127,6 +159,8 @@ def conversion_step(name: str, describe=None):
             except PipelineError:
                 raise
             except Exception as e:  # noqa: BLE001 - re-raised with context
+                if is_environment_failure(e):
+                    raise
                 try:
                     where = describe(*args, **kwargs) if describe else _src_dst(*args, **kwargs)
                 except Exception:  # noqa: BLE001

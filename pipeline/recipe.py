@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import inspect
 import json
 import re
 from pathlib import Path
@@ -29,7 +30,9 @@ class _Strict(BaseModel):
 
 
 class CallableRef(_Strict):
-    """``module.path:function`` plus keyword arguments."""
+    """``module.path:function`` plus keyword arguments. Resolved when the recipe is validated (the module is
+    imported, the function must exist and accept the arguments): a typo stops the build before any work, not
+    after training. Recipes name Python functions, so a recipe is code: trust it like code."""
 
     function: str
     args: dict[str, Any] = Field(default_factory=dict)
@@ -40,6 +43,31 @@ class CallableRef(_Strict):
         if not CALLABLE_RE.match(v):
             raise ValueError(f"expected 'package.module:function', got {v!r}")
         return v
+
+    @model_validator(mode="after")
+    def _resolvable(self):
+        try:
+            self.signature().bind_partial(**self.args)
+        except SourceError as e:
+            raise ValueError(str(e)) from None
+        except TypeError as e:
+            raise ValueError(f"{self.function} does not take the arguments {sorted(self.args)}: {e}") from None
+        return self
+
+    def signature(self) -> inspect.Signature:
+        fn = self.resolve()
+        try:
+            return inspect.signature(fn)
+        except (TypeError, ValueError):  # builtins without a signature: accept
+            return inspect.Signature([inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD)])
+
+    def check_call(self, *supplied: str) -> None:
+        """ValueError unless the function can be called with its args plus the keywords the pipeline supplies."""
+        try:
+            self.signature().bind(**self.args, **{k: None for k in supplied})
+        except TypeError as e:
+            call = ", ".join([*(f"{k}=..." for k in supplied), *(f"{k}={v!r}" for k, v in self.args.items())])
+            raise ValueError(f"{self.function} cannot be called as {self.function}({call}): {e}") from None
 
     def resolve(self):
         mod_name, attr = self.function.split(":")
@@ -85,6 +113,8 @@ class Weights(FileRef):
         given = [x for x in (self.file, self.package_file, self.trainer) if x is not None]
         if len(given) != 1:
             raise ValueError("give exactly one of 'file', 'package_file' or 'trainer'")
+        if self.trainer is not None:
+            self.trainer.check_call("out_path")
         return self
 
 
@@ -93,6 +123,12 @@ class PytorchSource(_Strict):
     module: CallableRef  # returns an nn.Module without weights
     weights: Weights
     opset: int = Field(18, ge=18, le=21)  # the dynamo exporter emits opset 18+
+
+    @field_validator("module")
+    @classmethod
+    def _module_callable(cls, v: CallableRef) -> CallableRef:
+        v.check_call()
+        return v
 
 
 class OnnxSource(FileRef):
@@ -141,6 +177,13 @@ class DataSpec(_Strict):
     eval: CallableRef  # returns model_sources.datasets.EvalSet
     calibration: CallableRef | None = None  # needed by int8_qdq; defaults to the eval data
     eval_batch: int = Field(1, ge=1, le=4096)
+
+    @field_validator("eval", "calibration")
+    @classmethod
+    def _loader_callable(cls, v: CallableRef | None) -> CallableRef | None:
+        if v is not None:
+            v.check_call()
+        return v
 
 
 class Budget(_Strict):
@@ -221,7 +264,7 @@ class Recipe(_Strict):
     data: DataSpec
     budget: Budget
     targets: list[str] = Field(min_length=1)
-    variants: list[str] | None = None  # None: every variant of every family
+    variants: list[str] | None = Field(None, min_length=1)  # absent: every variant of every family
     measure: dict[str, Measure] = Field(default_factory=_default_measure)
     selection: Selection = Selection()
 
@@ -251,9 +294,16 @@ class Recipe(_Strict):
     @field_validator("measure", mode="before")
     @classmethod
     def _measure(cls, v):
+        if v is not None and not isinstance(v, dict):
+            raise ValueError("expected a mapping of target -> measurement settings")
+        unknown = [k for k in (v or {}) if k not in TARGETS]
+        if unknown:  # e.g. `wsam`: the settings would be silently ignored
+            raise ValueError(f"unknown target(s) {unknown}; known: {sorted(TARGETS)}")
         merged = {k: b.model_dump() for k, b in _default_measure().items()}
         for k, b in (v or {}).items():
-            merged[k] = {**merged.get(k, {}), **(b or {})}
+            if b is not None and not isinstance(b, dict):
+                raise ValueError(f"{k}: expected a mapping of measurement settings, got {b!r}")
+            merged[k] = {**merged[k], **(b or {})}
         return merged
 
     # Filled in by load_recipe: where the recipe lives, so relative paths resolve against it.

@@ -2,8 +2,16 @@
 work (pipeline.sources, pipeline.families, pipeline.evaluate, pipeline.release), which tests call without Luigi.
 
 Every task writes one folder, atomically, named by its content key (pipeline.keys). Failures are results too
-(pipeline.outcome): one broken variant or recipe never stops the others, and failures that may be environmental
-are retried by the next build instead of being cached for ever.
+(pipeline.outcome): one broken variant or recipe never stops the others.
+
+A task is complete only while its result still describes reality:
+* its result exists and is not a retryable failure (those are tried again by the next builds, up to
+  outcome.MAX_ATTEMPTS attempts in all; a task counts as complete for the rest of the run that wrote it);
+* every file it wrote still has the content recorded in its result (`outputs`);
+* every input it consumed is still the one it recorded (`inputs`: the digest of each input task's result) and is
+  itself intact and not waiting for a retry.
+So a rerun, a repair or a retry upstream reaches everything downstream of it, and a lost or altered file is
+rebuilt, not trusted. Files that cross a task boundary are checked by hash where they are used.
 """
 from __future__ import annotations
 
@@ -11,21 +19,25 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
 import luigi
 
 from pipeline import keys
-from pipeline.fsutil import atomic_dir, write_json_atomic
-from pipeline.outcome import failure_record, upstream_failure
+from pipeline.fsutil import atomic_dir, remove_stale_temps, sha256_file, write_json_atomic
+from pipeline.outcome import (MAX_ATTEMPTS, PipelineError, RegistryError, failure_record, is_environment_failure,
+                              short, upstream_failure)
 from pipeline.recipe import Recipe, RecipeError, load_recipe, load_recipes
 
 log = logging.getLogger("luigi-interface")
 
+RESULT_FILE = "result.json"
 # Results this process wrote are complete for the rest of the run even when they are retryable failures:
 # a dependant scheduled in the same run must see its input as done (and record the failure as its own).
 _WRITTEN_HERE: set[str] = set()
+_EXPLAINED: set[str] = set()
 
 
 @functools.lru_cache(maxsize=None)
@@ -33,10 +45,26 @@ def _recipe(path: str, mtime_ns: int) -> Recipe:
     return load_recipe(path)
 
 
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return None  # missing or torn: not a result
+
+
+def _file_hashes(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and not p.is_symlink() and p.name != RESULT_FILE}
+
+
 class RecipeTask(luigi.Task):
     recipe_path = luigi.Parameter()
     artifacts_dir = luigi.Parameter(default="artifacts")
     stage = "task"
+    # Selection reads its inputs' failures as data; every other task fails with its first failed input.
+    carries_upstream_failures = True
+    # A model's failure is a result; the machine's (disk full, I/O error) and publishing's fail the build instead.
+    records_failures = True
 
     @property
     def recipe(self) -> Recipe:
@@ -65,36 +93,104 @@ class RecipeTask(luigi.Task):
         return Path(self.artifacts_dir).resolve() / "build" / r.name / r.version / f"{self.folder_name()}-{self.key}"
 
     def output(self):
-        return luigi.LocalTarget(str(self.out_dir / "result.json"))
+        return luigi.LocalTarget(str(self.out_dir / RESULT_FILE))
 
-    def complete(self) -> bool:
-        path = Path(self.output().path)
-        if not path.exists():
-            return False
-        return str(path) in _WRITTEN_HERE or not json.loads(path.read_text()).get("retry", False)
+    def inputs(self) -> dict[str, "RecipeTask"]:
+        req = self.requires()
+        return req if isinstance(req, dict) else {str(i): t for i, t in enumerate(luigi.task.flatten(req))}
+
+    def stored_result(self) -> dict | None:
+        return _read_json(Path(self.output().path))
 
     def result(self) -> dict:
-        return json.loads(Path(self.output().path).read_text())
+        res = self.stored_result()
+        if res is None:
+            raise PipelineError(f"{self.output().path}: result missing or unreadable", stage=self.stage,
+                                retryable=True)
+        return res
+
+    def retry_pending(self, res: dict) -> bool:
+        return bool(res.get("retry")) and self.output().path not in _WRITTEN_HERE
+
+    def outputs_intact(self, res: dict) -> bool:
+        for rel, sha in (res.get("outputs") or {}).items():
+            p = self.out_dir / rel
+            if not p.is_file() or keys.content_hash(p) != sha:
+                return False
+        return True
+
+    def stale_reason(self) -> str | None:
+        """Why this task's stored result cannot be trusted (None: it can)."""
+        res = self.stored_result()
+        if res is None:
+            return "no result yet"
+        if self.retry_pending(res):
+            return f"retrying ({res.get('stage')}: {res.get('error')})"
+        if not self.outputs_intact(res):
+            return "a file it wrote is missing or changed"
+        for name, dep in self.inputs().items():
+            dres = dep.stored_result()
+            if dres is None or dep.retry_pending(dres) or not dep.outputs_intact(dres):
+                return f"its input {dep.folder_name()} is being rebuilt"
+            if (res.get("inputs") or {}).get(name) != keys.result_digest(dres):
+                return f"its input {dep.folder_name()} changed"
+        return None
+
+    def complete(self) -> bool:
+        why = self.stale_reason()
+        if why and why != "no result yet" and self.output().path not in _EXPLAINED:
+            _EXPLAINED.add(self.output().path)
+            log.info("%s %s: rerun: %s", self.recipe.name, self.folder_name(), why)
+        return why is None
+
+    def file_sha256(self, path: Path) -> str:
+        """The content this task recorded for a file it produced or located."""
+        res, path = self.result(), Path(path)
+        try:
+            return res["outputs"][path.relative_to(self.out_dir).as_posix()]
+        except (KeyError, ValueError):
+            return res["sha256"]
+
+    def verified(self, dep: str, path: Path) -> Path:
+        """`path`, produced by input `dep`, checked by a fresh read against what `dep` recorded for it."""
+        keys.verify_file(path, self.inputs()[dep].file_sha256(path), f"{self.folder_name()} input {dep}")
+        return path
 
     def work(self, out: Path) -> dict:
         raise NotImplementedError
 
+    def on_failure(self, exception):
+        # What luigid and the summary show: the cause, not a traceback (the log has that).
+        return short(exception) if isinstance(exception, (PipelineError, OSError)) else super().on_failure(exception)
+
     def run(self):
         started = time.time()
         self.set_status_message(f"{self.recipe.name}: {self.folder_name()} running")
+        prev = self.stored_result()
+        attempt = prev.get("attempt", 1) + 1 if prev and prev.get("retry") else 1
         with atomic_dir(self.out_dir) as tmp:
+            consumed = {name: dep.result() for name, dep in self.inputs().items()}
             try:
-                for dep in luigi.task.flatten(self.requires()):
-                    if dep.result()["status"] != "ok":
-                        raise upstream_failure(dep.result())
+                failed = [r for r in consumed.values() if r["status"] != "ok"]
+                if failed and self.carries_upstream_failures:
+                    raise upstream_failure(failed[0])
                 res = {"status": "ok", **self.work(tmp)}
             except Exception as e:  # noqa: BLE001 - every failure is a recorded result (pipeline.outcome)
+                if not self.records_failures or is_environment_failure(e):
+                    log.error("%s %s: the build failed: %s", self.recipe.name, self.folder_name(), short(e))
+                    raise
                 res = failure_record(e, self.stage)
+                if res["retry"] and attempt >= MAX_ATTEMPTS:
+                    res["retry"] = False
+                    res["error"] += (f" [gave up after {attempt} attempts; change an input or delete "
+                                     f"{self.out_dir} to try again]")
                 log.warning("%s %s: %s at stage %s: %s", self.recipe.name, self.folder_name(), res["status"],
                             res["stage"], res["error"])
-            res.update(recipe=str(self.recipe_path), task=self.folder_name(), key=self.key,
-                       seconds=round(time.time() - started, 3))
-            write_json_atomic(tmp / "result.json", res)
+            res.update(recipe=str(self.recipe_path), task=self.folder_name(), key=self.key, attempt=attempt,
+                       seconds=round(time.time() - started, 3),
+                       inputs={name: keys.result_digest(r) for name, r in consumed.items()},
+                       outputs=_file_hashes(tmp))
+            write_json_atomic(tmp / RESULT_FILE, res)
         _WRITTEN_HERE.add(self.output().path)
 
 
@@ -176,7 +272,8 @@ class CanonicalOnnx(RecipeTask):
         from pipeline.sources import canonical_onnx
 
         inputs, _ = self.requires()["data"].load()
-        return canonical_onnx(self.recipe, self.requires()["source"].file(), inputs, out / "model.onnx")
+        source = self.verified("source", self.requires()["source"].file())
+        return canonical_onnx(self.recipe, source, inputs, out / "model.onnx")
 
     def file(self) -> Path:
         return self.out_dir / self.result()["file"]
@@ -195,7 +292,8 @@ class ReferenceOutputs(RecipeTask):
         from pipeline.evaluate.reference import write_reference
 
         inputs, labels = self.requires()["data"].load()
-        return write_reference(self.recipe, self.requires()["source"].file(), inputs, labels, out)
+        source = self.verified("source", self.requires()["source"].file())
+        return write_reference(self.recipe, source, inputs, labels, out)
 
     def load(self):
         from pipeline.evaluate.reference import load_reference
@@ -206,13 +304,19 @@ class ReferenceOutputs(RecipeTask):
 # ---------------------------------------------------------------- variants
 
 
-def _build_inputs(task: RecipeTask, **extra):
+def _build(task: RecipeTask, build, **extra):
+    """Run a family's build with its inputs checked: the canonical model and the source file as recorded before the
+    build, and still so after it (a converter that rewrites its input would spoil every other variant)."""
     from pipeline.families import BuildInputs
 
     deps = task.requires()
-    return BuildInputs(canonical_onnx=deps["onnx"].file(), recipe=task.recipe, source_file=deps["source"].file(),
-                       calibration_batch=task.recipe.data.eval_batch,
-                       cache_dir=Path(task.artifacts_dir).resolve() / "cache", **extra)
+    onnx, source = task.verified("onnx", deps["onnx"].file()), task.verified("source", deps["source"].file())
+    res = build(BuildInputs(canonical_onnx=onnx, recipe=task.recipe, source_file=source,
+                            calibration_batch=task.recipe.data.eval_batch,
+                            cache_dir=Path(task.artifacts_dir).resolve() / "cache", **extra))
+    task.verified("onnx", onnx)
+    task.verified("source", source)
+    return res
 
 
 class BuildPrerequisite(RecipeTask):
@@ -243,7 +347,7 @@ class BuildPrerequisite(RecipeTask):
         return f"Prerequisite-{self.name}"
 
     def work(self, out: Path) -> dict:
-        return {"info": self.spec().build(_build_inputs(self), out)}
+        return {"info": _build(self, lambda inputs: self.spec().build(inputs, out))}
 
 
 class BuildVariant(RecipeTask):
@@ -281,7 +385,8 @@ class BuildVariant(RecipeTask):
         deps = self.requires()
         calibration = deps["calibration"].load()[0] if "calibration" in deps else None
         prereqs = {k.split(":", 1)[1]: t.out_dir for k, t in deps.items() if k.startswith("prerequisite:")}
-        return build_variant(self.spec(), _build_inputs(self, calibration=calibration, prerequisites=prereqs), out)
+        return _build(self, lambda inputs: build_variant(self.spec(), inputs, out), calibration=calibration,
+                      prerequisites=prereqs)
 
     def files(self) -> list[Path]:
         return [self.out_dir / f for f in self.result()["files"]]
@@ -328,9 +433,10 @@ class NativeRun(RecipeTask):
         deps = self.requires()
         inputs, labels = deps["data"].load()
         if self.runs_variant():
-            return native_run(self.recipe, deps["variant"].files()[0], inputs, labels, deps["reference"].load(),
+            files = [self.verified("variant", f) for f in deps["variant"].files()]
+            return native_run(self.recipe, files[0], inputs, labels, deps["reference"].load(),
                               measured=f"{self.variant} in onnxruntime")
-        return native_run(self.recipe, deps["onnx"].file(), inputs, labels, None,
+        return native_run(self.recipe, self.verified("onnx", deps["onnx"].file()), inputs, labels, None,
                           measured="canonical fp32 ONNX in onnxruntime (this variant has no native runner)")
 
 
@@ -371,8 +477,11 @@ class BrowserMeasure(RecipeTask):
             if percent is not None:
                 self.set_progress_percentage(percent)
 
-        return measure_in_browser(self.recipe, variant(self.variant), self.target, deps["variant"].files(), inputs,
-                                  labels, deps["reference"].load(), out, progress)
+        files = [self.verified("variant", f) for f in deps["variant"].files()]
+        res = measure_in_browser(self.recipe, variant(self.variant), self.target, files, inputs, labels,
+                                 deps["reference"].load(), out, progress)
+        # What was measured, by content: selection publishes exactly these bytes or nothing.
+        return {**res, "measured_files": {f.name: deps["variant"].file_sha256(f) for f in files}}
 
 
 # ---------------------------------------------------------------- selection and release
@@ -390,6 +499,8 @@ class SelectAndPublish(RecipeTask):
     """Per target, the best candidate inside the budget → registry; every candidate → the build report."""
 
     stage = "select"
+    carries_upstream_failures = False  # failed candidates are data: they lose, with their reason in the report
+    records_failures = False  # a registry that cannot be written, or a file that is not what was measured, fails
 
     def requires(self):
         from pipeline.families import variant
@@ -412,17 +523,25 @@ class SelectAndPublish(RecipeTask):
     def registry(self) -> Path:
         return Path(self.artifacts_dir) / "registry"
 
-    def complete(self) -> bool:
-        # The registry may have been wiped or overwritten by another build: republish then.
-        if not super().complete():
-            return False
-        from pipeline.release.registry import read_index
+    def stale_reason(self) -> str | None:
+        # Besides its inputs: the registry must still hold what this result published (it may have been wiped,
+        # overwritten by another build, or a published file damaged): republish then.
+        from pipeline.release.registry import intact, version_entry
 
-        entry = read_index(self.registry()).get("models", {}).get(self.recipe.name, {}).get(self.recipe.version)
-        return bool(entry) and entry.get("build_key") == self.key
+        why = super().stale_reason()
+        if why:
+            return why
+        try:
+            entry = version_entry(self.registry(), self.recipe.name, self.recipe.version)
+        except RegistryError as e:
+            return str(e)
+        if not entry or entry.get("build_key") != self.key or entry.get("report") != self.result().get("published"):
+            return "the registry does not hold this build"
+        if not intact(self.registry(), entry):
+            return "a published file is missing or changed"
+        return None
 
-    def run(self):
-        # Selection sees upstream failures as data, so it does not use RecipeTask's upstream short-circuit.
+    def work(self, out: Path) -> dict:
         from pipeline.families import variant
         from pipeline.release.candidates import candidate, select_and_publish
 
@@ -435,17 +554,21 @@ class SelectAndPublish(RecipeTask):
                 res = task.result()
                 files = task.requires()["variant"].files() if res["status"] == "ok" else []
                 candidates.append(candidate(self.recipe, v, variant(v).runtime, t, res, files, native[v]))
-        with atomic_dir(self.out_dir) as tmp:
-            res = select_and_publish(self.recipe, self.key, candidates, native, deps["onnx"].result(), self.registry())
-            write_json_atomic(tmp / "result.json", {"status": "ok", **res, "key": self.key})
-        _WRITTEN_HERE.add(self.output().path)
+        return select_and_publish(self.recipe, self.key, candidates, native, deps["onnx"].result(), self.registry())
 
 
 class BuildAll(luigi.Task):
-    """Every recipe in `recipes_dir`: convert, measure, select, publish; then the build report and a summary."""
+    """Every recipe in `recipes_dir`: convert, measure, select, publish; then the build report and a summary.
+
+    Exit status (luigi.cfg [retcode]): 0 when every task ran, including variants whose failures are recorded in
+    the report (that is the normal outcome of trying everything); non-zero when the build itself failed (a task
+    raised: disk full, an unreadable registry, a file that is not what was measured), was refused (bad recipe,
+    another build with the same command running), or, with --fail-on-unmet, when a recipe's target has no winner.
+    """
 
     recipes_dir = luigi.Parameter(default="recipes")
     artifacts_dir = luigi.Parameter(default="artifacts")
+    fail_on_unmet = luigi.BoolParameter(default=False, description="fail the build when a target has no winner")
 
     @property
     def recipe_files(self) -> list[str]:
@@ -456,15 +579,42 @@ class BuildAll(luigi.Task):
             raise SystemExit(f"error: invalid recipe(s):\n{e}") from None
         return [str(r.path) for r in recipes]
 
+    def preflight(self) -> None:
+        """Once per process, before scheduling: leftovers of killed runs go, and an unreadable registry stops the
+        build with the file named (nothing would be published over it)."""
+        if getattr(self, "_preflown", False):
+            return
+        from pipeline.release.registry import read_index
+
+        _WRITTEN_HERE.clear()  # a new build: retryable failures of an earlier one in this process are retried
+        _EXPLAINED.clear()
+        for p in remove_stale_temps(Path(self.artifacts_dir)):
+            log.info("removed the leftover of an interrupted run: %s", p)
+        try:
+            read_index(Path(self.artifacts_dir) / "registry")
+        except RegistryError as e:
+            raise SystemExit(f"error: {e}") from None
+        self._preflown = True
+
     def requires(self):
+        self.preflight()
         return [SelectAndPublish(p, self.artifacts_dir) for p in self.recipe_files]
 
     def output(self):
         key = hashlib.sha256(" ".join(t.key for t in self.requires()).encode()).hexdigest()[:16]
         return luigi.LocalTarget(str(Path(self.artifacts_dir) / "build" / f"BuildAll-{key}.json"))
 
+    def report_path(self) -> Path:
+        return Path(self.artifacts_dir) / "report" / "index.html"
+
     def complete(self):
-        done = super().complete()
+        # Only while every recipe's selection is complete and the report shows exactly their results.
+        marker = _read_json(Path(self.output().path))
+        deps = self.requires()
+        done = (marker is not None and self.report_path().is_file()
+                and all(t.complete() for t in deps)
+                and marker.get("selections") == [keys.result_digest(t.result()) for t in deps]
+                and not (self.fail_on_unmet and self.unmet([t.result() for t in deps])))
         if done and not getattr(self, "_printed", False):  # a no-op rebuild still shows where things stand
             self._printed = True
             print(self.summary(), flush=True)
@@ -473,14 +623,24 @@ class BuildAll(luigi.Task):
     def summary(self) -> str:
         from pipeline.release.report import console_table
 
-        reg, html = Path(self.artifacts_dir) / "registry" / "index.json", Path(self.artifacts_dir) / "report" / "index.html"
-        return f"{console_table([t.result() for t in self.requires()])}\nregistry: {reg}\nreport:   {html}"
+        reg = Path(self.artifacts_dir) / "registry" / "index.json"
+        return f"{console_table([t.result() for t in self.requires()])}\nregistry: {reg}\nreport:   {self.report_path()}"
 
     def run(self):
         from pipeline.release.report import write_html_report
 
-        write_html_report(Path(self.artifacts_dir) / "report", [t.result() for t in self.requires()])
+        results = [t.result() for t in self.requires()]
+        write_html_report(self.report_path().parent, results)
         write_json_atomic(Path(self.output().path), {"recipes": self.recipe_files,
-                                                     "keys": [t.key for t in self.requires()]})
+                                                     "keys": [t.key for t in self.requires()],
+                                                     "selections": [keys.result_digest(r) for r in results]})
         self._printed = True
         print(self.summary(), flush=True)
+        unmet = self.unmet(results)
+        if self.fail_on_unmet and unmet:
+            raise RuntimeError(f"--fail-on-unmet: no winner for {', '.join(unmet)} (reasons in {self.report_path()})")
+
+    @staticmethod
+    def unmet(results: list[dict]) -> list[str]:
+        return [f"{r['report']['model']} {t}" for r in results for t, d in r.get("targets", {}).items()
+                if d["status"] != "chosen"]

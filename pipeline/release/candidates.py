@@ -20,7 +20,10 @@ def candidate(recipe, variant: str, runtime: str, target: str, measured: dict, f
     """A browser measurement (a BrowserMeasure result) as a Candidate, judged against the recipe's budget."""
     c = Candidate(variant=variant, runtime=runtime, target=target, status=measured["status"], record=measured)
     c.record["native"] = {k: native.get(k) for k in NATIVE_FIELDS}
-    c.record["files"] = [str(f) for f in files] if measured["status"] == "ok" else []
+    # What gets published: the measured files, each with the content the browser measured (checked on publish).
+    hashes = measured.get("measured_files", {})
+    c.record["files"] = [{"src": str(f), "sha256": hashes.get(Path(f).name)} for f in files] \
+        if measured["status"] == "ok" else []
     if measured["status"] == "ok":
         c.values = objective_values(measured, native)
         c.reasons = budget_violations(measured["accuracy"], recipe.budget)
@@ -81,6 +84,6 @@ def select_and_publish(recipe, build_key: str, candidates: list[Candidate], nati
               "candidates": candidate_rows(candidates),
               "native": {v: {k: n.get(k) for k in ("status", "error", "latency_ms", "accuracy", "stage", "measured")}
                          for v, n in native.items()}}
-    publish(registry, recipe.name, recipe.version, entry, report)
+    published = publish(registry, recipe.name, recipe.version, entry, report)
     return {"targets": {t: {k: v[k] for k in ("status", "variant", "runtime", "reason")} for t, v in targets.items()},
-            "report": report}
+            "report": report, "published": published["report"]}

@@ -71,16 +71,25 @@ def test_atomic_file_with_sidecar_and_suffix(tmp_path):
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith(fsutil.TEMP_SUFFIX)]
 
 
-def test_stale_temps_are_removed_fresh_ones_kept(tmp_path):
-    old = tmp_path / "build" / ".Task-abc.x1.tmp"
-    old.mkdir(parents=True)
-    (old / "partial").write_text("x")
-    fresh = tmp_path / "build" / ".Task-def.x2.tmp"
-    fresh.mkdir()
-    past = time.time() - 7200
-    os.utime(old, (past, past))
+def test_stale_temps_are_removed_live_ones_kept(tmp_path):
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    build = tmp_path / "build"
+    build.mkdir()
+    killed = build / f".Task-abc.{fsutil._HOST}-{dead.pid}-x1.tmp"  # a kill -9'd run on this host
+    live = build / f"{fsutil.temp_prefix('Task-def')}x2.tmp"        # this process: a live build
+    ancient = build / ".Task-ghi.otherhost-12-x3.tmp"                # another worker's, a day old
+    recent = build / ".Task-jkl.otherhost-13-x4.tmp"                 # another worker's, just made
+    for d in (killed, live, ancient, recent):
+        d.mkdir()
+        (d / "partial").write_text("x")
+    past = time.time() - 2 * 24 * 3600
+    os.utime(ancient, (past, past))
     removed = fsutil.remove_stale_temps(tmp_path)
-    assert removed == [old] and not old.exists() and fresh.exists()
+    assert sorted(removed) == sorted([killed, ancient])
+    assert live.exists() and recent.exists() and not killed.exists() and not ancient.exists()
 
 
 def test_failure_records():

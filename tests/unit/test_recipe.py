@@ -71,6 +71,19 @@ def test_good_recipe_defaults(tmp_path):
     (("budget", "max_abs_eror"), 0.1, "budget.max_abs_eror", "Extra inputs"),
     (("selection",), {"objectives": ["latency", "speed"]}, "selection.objectives", "unknown objective"),
     (("selection",), {"goals": {"latency": 5}}, "selection.goals.latency", "Extra inputs"),
+    # Typos and empty lists are refused before any work, not silently ignored.
+    (("measure",), {"wsam": {"runs": 3}}, "measure", "unknown target(s) ['wsam']"),
+    (("variants",), [], "variants", "at least 1 item"),
+    (("source", "module", "function"), "models:no_such_function", "source.pytorch.module",
+     "has no callable 'no_such_function'"),
+    (("source", "module", "function"), "no_such_module_xyz:build", "source.pytorch.module",
+     "cannot import module 'no_such_module_xyz'"),
+    (("source", "module"), {"function": "models:build", "args": {"depth": 3}}, "source.pytorch.module",
+     "does not take the arguments ['depth']"),
+    (("source", "weights", "trainer"), {"function": "models:samples"}, "source.pytorch.weights",
+     "cannot be called as models:samples(out_path=...)"),
+    (("data", "eval"), {"function": "models:samples", "args": {"n": 4, "colour": True}}, "data.eval",
+     "does not take the arguments"),
 ])
 def test_bad_field_named(tmp_path, path, value, field, words):
     p = write(tmp_path, with_(path, value))

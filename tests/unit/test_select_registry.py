@@ -69,7 +69,7 @@ def entry(tmp_path, content=b"model-bytes"):
     return {"inputs": [{"name": "x", "shape": ["batch", 3], "dtype": "float32"}],
             "outputs": [{"name": "y", "kind": "logits"}],
             "targets": {"wasm": {"status": "chosen", "reason": "fastest", "runtime": "ort", "backend": "wasm",
-                                 "variant": "fp32", "files": [f], "metrics": metrics},
+                                 "variant": "fp32", "files": [{"src": f, "sha256": None}], "metrics": metrics},
                         "webgpu": {"status": "unmet", "reason": "nothing inside budget", "runtime": None,
                                    "backend": None, "variant": None, "files": [], "metrics": {}}}}
 
@@ -80,6 +80,7 @@ def test_publish_content_addressed_and_valid(tmp_path):
     f = v["targets"]["wasm"]["files"][0]
     assert (reg / f["path"]).read_bytes() == b"model-bytes"
     assert f["path"] == f"m/1/files/{f['sha256']}/model.onnx" and f["bytes"] == 11
+    assert v["report"].startswith("m/1/report-") and json.loads((reg / v["report"]).read_text()) == {"candidates": []}
     index = read_index(reg)
     validate_index(index)
     assert index["models"]["m"]["1"]["targets"]["webgpu"]["status"] == "unmet"
@@ -171,3 +172,57 @@ def test_capped_evaluation_covers_the_whole_set():
     assert len(idx) == 16 and idx[0] == 0 and idx[-1] == 55
     assert len({i // 7 for i in idx}) == 8  # 8 photos x 7 views: every photo is represented
     assert list(eval_subset(5, 10)) == [0, 1, 2, 3, 4]
+
+
+def test_only_the_measured_content_is_published(tmp_path):
+    from pipeline.fsutil import sha256_file
+    from pipeline.outcome import IntegrityError
+
+    e = entry(tmp_path)
+    measured = sha256_file(tmp_path / "model.onnx")
+    (tmp_path / "model.onnx").write_bytes(b"model-bytez")  # changed after it was measured
+    e["targets"]["wasm"]["files"][0]["sha256"] = measured
+    with pytest.raises(IntegrityError, match="model.onnx.*differs from the .* that was measured"):
+        publish(tmp_path / "reg", "m", "1", e, {})
+    assert not (tmp_path / "reg" / "index.json").exists()
+
+
+def test_a_damaged_published_file_is_replaced_not_trusted(tmp_path):
+    from pipeline.release.registry import intact, version_entry
+
+    reg = tmp_path / "registry"
+    v = publish(reg, "m", "1", entry(tmp_path), {})
+    stored = reg / v["targets"]["wasm"]["files"][0]["path"]
+    assert intact(reg, version_entry(reg, "m", "1"))
+    stored.write_bytes(b"model-bytez")  # same size, one byte flipped
+    assert not intact(reg, version_entry(reg, "m", "1"))
+    publish(reg, "m", "1", entry(tmp_path), {})
+    assert stored.read_bytes() == b"model-bytes" and intact(reg, version_entry(reg, "m", "1"))
+
+
+def test_corrupt_index_is_named_and_nothing_is_written(tmp_path):
+    from pipeline.outcome import RegistryError
+
+    reg = tmp_path / "registry"
+    reg.mkdir()
+    (reg / "index.json").write_text('{"schema_version": 1, "models": {')
+    with pytest.raises(RegistryError, match=r"registry/index.json: corrupt registry index .* line 1"):
+        read_index(reg)
+    with pytest.raises(RegistryError):
+        publish(reg, "m", "1", entry(tmp_path), {})
+    assert sorted(p.name for p in reg.iterdir()) == ["index.json"]  # no report, no files
+
+
+def test_registry_is_world_readable_whatever_the_umask(tmp_path):
+    import stat
+
+    old = os.umask(0o077)
+    try:
+        reg = tmp_path / "registry"
+        v = publish(reg, "m", "1", entry(tmp_path), {})
+    finally:
+        os.umask(old)
+    for rel in ("index.json", v["report"], v["targets"]["wasm"]["files"][0]["path"]):
+        assert stat.S_IMODE((reg / rel).stat().st_mode) == 0o644, rel
+    for d in (reg, reg / "m", reg / "m" / "1", (reg / v["targets"]["wasm"]["files"][0]["path"]).parent):
+        assert stat.S_IMODE(d.stat().st_mode) == 0o755, d
