@@ -63,9 +63,9 @@ def main() -> int:
         " ship in | top-1 agree | status |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for model, versions in sorted(index["models"].items()):
-        for version, entry in versions.items():
-            report = json.loads((Path(a.artifacts) / "registry" / entry["report"]).read_text())
+    for model, m in sorted(index["models"].items()):
+        for version, entry in m["versions"].items():
+            report = json.loads((Path(a.artifacts) / "registry" / entry["report"]["path"]).read_text())
             chosen = {(t["variant"], t["backend"]) for t in entry["targets"].values() if t["status"] == "chosen"}
             for r in sorted(report["candidates"], key=lambda r: (r["target"], r["variant"])):
                 nat = (report["native"].get(r["variant"]) or {}).get("latency_ms") or {}

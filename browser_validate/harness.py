@@ -100,6 +100,7 @@ class MeasureResult:
     gpu_process_peak_bytes: int | None = None  # GPU process RSS peak above its baseline (WebGPU/WebGL work)
     page_memory_bytes: int | None = None  # performance.measureUserAgentSpecificMemory(), when it answers in time
     network_download: dict | None = None  # {"profile": ..., "ms": ...} under req.network_profile
+    runtime_files: list[dict] = field(default_factory=list)  # [{url, sha256, bytes}] of the runtime the page loaded
 
     def to_json(self) -> dict:
         """Everything but the outputs, JSON-serialisable."""
@@ -149,9 +150,30 @@ def _measure(req: MeasureRequest, on_stage=None) -> MeasureResult:
             return MeasureResult(status="failed", error=f"inputs: {e}")
         server.mount(prefix, tmp)
         try:
-            return _run_page(req, server.origin, prefix, on_stage)
+            with server.recording() as served:
+                result = _run_page(req, server.origin, prefix, on_stage)
+            result.runtime_files = runtime_files(served)
+            return result
         finally:
             server.unmount(prefix)
+
+
+# Served paths that are not the runtime: the measuring page itself and the job's model and inputs.
+NOT_RUNTIME = ("/page/", "/job/")
+
+
+def runtime_files(served: dict[str, str]) -> list[dict]:
+    """The runtime's files the page loaded (adapter, runtime JS, wasm), by URL path with their content hash: a
+    web app must load exactly these to run what was measured."""
+    import hashlib
+
+    out = []
+    for url, file in sorted(served.items()):
+        if url.startswith(NOT_RUNTIME):
+            continue
+        data = Path(file).read_bytes()
+        out.append({"url": url, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)})
+    return out
 
 
 def _run_page(req: MeasureRequest, origin: str, job_prefix: str, on_stage=None) -> MeasureResult:

@@ -9,6 +9,7 @@ real path (symlinks followed) must stay under the mount's real root.
 
 from __future__ import annotations
 
+import contextlib
 import mimetypes
 import os
 import threading
@@ -74,6 +75,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self, send_body: bool):
         resolved = self.server.owner.resolve(self.path)
+        if not isinstance(resolved, HTTPStatus):
+            self.server.owner.served(self.path, resolved)
         if isinstance(resolved, HTTPStatus):
             self._error(resolved)
             return
@@ -109,6 +112,7 @@ class StaticServer:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0):
         self._mounts: dict[str, str] = {}
+        self._recording: dict[str, str] | None = None
         self._lock = threading.Lock()
         self._httpd = self._Http((host, port), _Handler)
         self._httpd.owner = self
@@ -132,6 +136,24 @@ class StaticServer:
             raise FileNotFoundError(f"mount root is not a directory: {root}")
         with self._lock:
             self._mounts[prefix] = real
+
+    @contextlib.contextmanager
+    def recording(self):
+        """Collect {URL path: file} of every file served during the block: what a page actually loaded (the
+        runtime's JS and wasm included), so that exactly those files can be shipped with what was measured."""
+        with self._lock:
+            self._recording = {}
+            rec = self._recording
+        try:
+            yield rec
+        finally:
+            with self._lock:
+                self._recording = None
+
+    def served(self, raw_path: str, file: str) -> None:
+        with self._lock:
+            if self._recording is not None:
+                self._recording[urllib.parse.urlsplit(raw_path).path] = file
 
     def unmount(self, prefix: str) -> None:
         with self._lock:

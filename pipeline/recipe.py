@@ -254,6 +254,18 @@ class Selection(_Strict):
         return v
 
 
+class Release(_Strict):
+    """The release gate: what `pipeline-release promote` requires of a version against the alias's current holder,
+    per target (besides keeping every target the holder had). Fractions: 0.10 = at most 10 % worse."""
+
+    max_latency_increase: float = Field(0.10, ge=0)     # steady median latency
+    max_cold_start_increase: float = Field(0.10, ge=0)  # download + session + first inference
+    max_size_increase: float = Field(0.10, ge=0)        # download bytes
+    # Labelled accuracy may fall by at most this (fraction, 0.01 = 1 point); default: the budget's
+    # max_accuracy_drop, else 0.01. Top-1 agreement and max abs error must stay inside the budget.
+    max_accuracy_loss: float | None = Field(None, ge=0, le=1)
+
+
 class Recipe(_Strict):
     name: str = Field(pattern=NAME_RE)
     version: str = Field(pattern=NAME_RE)
@@ -267,6 +279,7 @@ class Recipe(_Strict):
     variants: list[str] | None = Field(None, min_length=1)  # absent: every variant of every family
     measure: dict[str, Measure] = Field(default_factory=_default_measure)
     selection: Selection = Selection()
+    release: Release = Release()
 
     @field_validator("targets")
     @classmethod

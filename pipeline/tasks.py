@@ -517,11 +517,37 @@ class SelectAndPublish(RecipeTask):
     def fingerprint(self):
         r = self.recipe
         return {"targets": r.targets, "budget": r.budget.model_dump(), "selection": r.selection.model_dump(mode="json"),
+                "release": r.release.model_dump(mode="json"),
                 "manifest": [r.description, [i.model_dump(mode="json") for i in r.inputs],
                              [o.model_dump(mode="json") for o in r.outputs]]}
 
     def registry(self) -> Path:
         return Path(self.artifacts_dir) / "registry"
+
+    def build_inputs(self) -> dict[str, str]:
+        """What the build key is made of, coarsely, so that a refused rebuild of a frozen version can say what
+        changed: each recipe field, the source file, the toolchain, our code."""
+        from pipeline.families import families, module_code_hash
+        from browser_validate.runtimes import RUNTIMES
+
+        def h(obj) -> str:
+            return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+        dump = self.recipe.model_dump(mode="json")
+        out = {f"recipe.{k}": h(v) for k, v in dump.items() if k not in ("name", "version")}
+        out["source file"] = h(SourceModel(self.recipe_path, self.artifacts_dir).fingerprint())
+        out["toolchain"] = h([keys.python_toolchain(), keys.browser_toolchain()])
+        out["code"] = h([keys.CACHE_EPOCH, keys.BROWSER_METHOD, {f.name: module_code_hash(f.module)
+                                                                 for f in families().values()},
+                         {rt: keys.measuring_code_hash(rt) for rt in RUNTIMES}])
+        return out
+
+    def frozen_conflict(self) -> str | None:
+        from pipeline.release.registry import frozen_conflict, version_entry
+
+        entry = version_entry(self.registry(), self.recipe.name, self.recipe.version)
+        why = frozen_conflict(entry, self.key, self.build_inputs())
+        return f"{self.recipe.path}: {self.recipe.name} {self.recipe.version}: {why}" if why else None
 
     def stale_reason(self) -> str | None:
         # Besides its inputs: the registry must still hold what this result published (it may have been wiped,
@@ -535,7 +561,9 @@ class SelectAndPublish(RecipeTask):
             entry = version_entry(self.registry(), self.recipe.name, self.recipe.version)
         except RegistryError as e:
             return str(e)
-        if not entry or entry.get("build_key") != self.key or entry.get("report") != self.result().get("published"):
+        if entry and entry.get("frozen") and entry.get("build_key") == self.key:
+            return None  # released: never rewritten (`pipeline-release verify` checks its files)
+        if not entry or entry.get("build_key") != self.key or entry["report"]["path"] != self.result().get("published"):
             return "the registry does not hold this build"
         if not intact(self.registry(), entry):
             return "a published file is missing or changed"
@@ -554,7 +582,8 @@ class SelectAndPublish(RecipeTask):
                 res = task.result()
                 files = task.requires()["variant"].files() if res["status"] == "ok" else []
                 candidates.append(candidate(self.recipe, v, variant(v).runtime, t, res, files, native[v]))
-        return select_and_publish(self.recipe, self.key, candidates, native, deps["onnx"].result(), self.registry())
+        return select_and_publish(self.recipe, self.key, candidates, native, deps["onnx"].result(), self.registry(),
+                                  self.build_inputs())
 
 
 class BuildAll(luigi.Task):
@@ -595,6 +624,10 @@ class BuildAll(luigi.Task):
         except RegistryError as e:
             raise SystemExit(f"error: {e}") from None
         self._preflown = True
+        # Released versions never change: a build that would change one stops here, before anything is written.
+        frozen = [c for c in (t.frozen_conflict() for t in self.requires()) if c]
+        if frozen:
+            raise SystemExit("error: " + "\n".join(frozen))
 
     def requires(self):
         self.preflight()

@@ -23,8 +23,8 @@ def _torch():
     return torch
 
 
-def TinyCNN(classes: int = 5, activation: str = "relu", size: int | None = None):  # noqa: N802 (a class factory)
-    """Conv 3->8 + BatchNorm (non-trivial statistics, so BN folding is exercised) + ReLU or HardSwish (the op that
+def TinyCNN(classes: int = 5, activation: str = "relu", width: int = 8):  # noqa: N802 (a class factory)
+    """Conv 3->width (8) + BatchNorm (non-trivial statistics, so BN folding is exercised) + ReLU or HardSwish (the op that
     needs TF_ENABLE_ONEDNN_OPTS=0 to stay tfjs-compatible) + global average pool + Linear -> `classes` logits."""
     torch = _torch()
     nn = torch.nn
@@ -32,9 +32,9 @@ def TinyCNN(classes: int = 5, activation: str = "relu", size: int | None = None)
     class _TinyCNN(nn.Module):
         def __init__(self):
             super().__init__()
-            self.conv = nn.Conv2d(3, 8, 3, padding=1)
-            self.bn = nn.BatchNorm2d(8)
-            self.fc = nn.Linear(8, classes)
+            self.conv = nn.Conv2d(3, width, 3, padding=1)
+            self.bn = nn.BatchNorm2d(width)
+            self.fc = nn.Linear(width, classes)
             with torch.no_grad():
                 self.bn.running_mean.uniform_(-0.5, 0.5)
                 self.bn.running_var.uniform_(0.5, 2.0)
@@ -71,20 +71,20 @@ def TinyMLP():  # noqa: N802
 
 # Recipe functions ('models:build', 'models:train', 'models:samples'): a 4-class TinyCNN on 8x8 inputs.
 
-def build():
-    return TinyCNN(classes=4)
+def build(width: int = 8):
+    return TinyCNN(classes=4, width=width)
 
 
-def make_weights(path, seed: int = 0) -> None:
+def make_weights(path, seed: int = 0, width: int = 8) -> None:
     torch = _torch()
     torch.manual_seed(seed)
-    torch.save(TinyCNN(classes=4).state_dict(), path)
+    torch.save(TinyCNN(classes=4, width=width).state_dict(), path)
 
 
-def train(out_path, seed: int = 0) -> dict:
-    """A 'trainer' for recipes: deterministic weights, no data needed."""
-    make_weights(out_path, seed)
-    return {"seed": seed}
+def train(out_path, seed: int = 0, width: int = 8) -> dict:
+    """A 'trainer' for recipes: deterministic weights, no data needed (`width` makes a bigger, slower model)."""
+    make_weights(out_path, seed, width)
+    return {"seed": seed, "width": width}
 
 
 def samples(input_name: str = "input", n: int = 12, seed: int = 1, labelled: bool = True) -> EvalSet:

@@ -11,7 +11,7 @@ adapter can import the runtime's own JS/wasm from the same origin, as a deployed
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 RUNTIMES_DIR = Path(__file__).resolve().parent
@@ -24,6 +24,9 @@ class RuntimeInfo:
     js: str  # adapter file in this directory, served as /runtimes/<js>
     targets: tuple[str, ...]
     static_mount: tuple[str, Path] | None = None  # (URL prefix, directory)
+    # Browser features each target of this runtime needs (the registry lists them; a loader probes them).
+    # Vocabulary: wasm, wasm-simd, wasm-threads, webgpu, shader-f16, webgl2.
+    features: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 RUNTIMES: dict[str, RuntimeInfo] = {
@@ -31,11 +34,14 @@ RUNTIMES: dict[str, RuntimeInfo] = {
         js="ort.js",
         targets=("wasm", "webgpu"),
         static_mount=("/ort/", NODE_MODULES / "onnxruntime-web" / "dist"),
+        # onnxruntime-web 1.30 ships SIMD builds only.
+        features={"wasm": ("wasm", "wasm-simd"), "webgpu": ("webgpu",)},
     ),
     "tvm": RuntimeInfo(
         js="tvm.js",
         targets=("wasm", "webgpu"),
         static_mount=("/tvmjs/", NODE_MODULES / "@mlc-ai" / "web-runtime" / "lib"),
+        features={"wasm": ("wasm",), "webgpu": ("webgpu",)},
     ),
     # One mount for tfjs: its core bundle and the wasm/webgpu backend bundles (+ .wasm files) live in sibling
     # packages, all served from node_modules/@tensorflow (only dist/ files are requested).
@@ -43,5 +49,21 @@ RUNTIMES: dict[str, RuntimeInfo] = {
         js="tfjs.js",
         targets=("wasm", "webgl", "webgpu"),
         static_mount=("/tfjs/", NODE_MODULES / "@tensorflow"),
+        # tfjs-backend-wasm picks its SIMD / threaded build by feature detection: plain wasm suffices.
+        features={"wasm": ("wasm",), "webgl": ("webgl2",), "webgpu": ("webgpu",)},
     ),
 }
+
+
+def served_file(url: str) -> Path:
+    """The local file behind a runtime URL the measuring page loaded (/runtimes/…, or a runtime's static mount):
+    what the registry publishes so that a web app loads exactly those bytes."""
+    mounts = {"/runtimes/": RUNTIMES_DIR, **{r.static_mount[0]: r.static_mount[1] for r in RUNTIMES.values()
+                                             if r.static_mount}}
+    for prefix, root in mounts.items():
+        if url.startswith(prefix):
+            rel = url[len(prefix):]
+            path = (root / rel).resolve()
+            if ".." not in rel.split("/") and path.is_file():
+                return path
+    raise FileNotFoundError(f"no runtime file is served at {url}")

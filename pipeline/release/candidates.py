@@ -32,18 +32,34 @@ def candidate(recipe, variant: str, runtime: str, target: str, measured: dict, f
     return c
 
 
-def target_entry(recipe, target: str, d: Decision, native: dict[str, dict]) -> dict:
-    """The index's record of one target: what to load, how, and what it measured."""
-    if d.chosen is None:
-        return {"status": "unmet", "reason": d.reason, "runtime": None, "backend": None, "variant": None,
-                "files": [], "metrics": {}}
-    rec, nat = d.chosen.record, native[d.chosen.variant]
+def required_features(recipe, c: Candidate) -> list[str]:
+    """The browser features this candidate needs: its runtime's for the target, the variant's own (e.g. shader-f16
+    for fp16 on WebGPU), and wasm threads when measured with more than one thread."""
+    from browser_validate.runtimes import RUNTIMES
+    from pipeline.families import variant
+
+    feats = list(RUNTIMES[c.runtime].features.get(c.target, ()))
+    feats += variant(c.variant).required_features.get(c.target, ())
+    if c.target == "wasm" and recipe.measure[c.target].threads > 1:
+        feats.append("wasm-threads")
+    return list(dict.fromkeys(feats))
+
+
+def candidate_entry(recipe, c: Candidate, native: dict[str, dict]) -> dict:
+    """One candidate as the index lists it: what to load (model files, runtime files), how (options, features),
+    and what it measured."""
+    from browser_validate.runtimes import RUNTIMES
+
+    rec, nat = c.record, native[c.variant]
+    threads = recipe.measure[c.target].threads if c.target == "wasm" else 1
     return {
-        "status": "chosen", "reason": d.reason, "runtime": d.chosen.runtime,
-        "runtime_version": rec.get("env", {}).get("version"),
-        "backend": d.chosen.target, "variant": d.chosen.variant,
-        "runtime_options": {"threads": recipe.measure[target].threads} if target == "wasm" else {},
+        "runtime": c.runtime, "runtime_version": rec.get("env", {}).get("version"),
+        "backend": c.target, "variant": c.variant,
+        "runtime_options": {"threads": threads, "cross_origin_isolated": threads > 1},
+        "required_features": required_features(recipe, c),
         "files": rec["files"],
+        "runtime_entry": f"runtimes/{RUNTIMES[c.runtime].js}",
+        "runtime_files": rec.get("runtime_files", []),
         "metrics": {
             "latency_ms": {k: rec["latency"][k] for k in LATENCY_FIELDS},
             "native_latency_ms": ({k: nat["latency_ms"][k] for k in LATENCY_FIELDS} | {"measured": nat.get("measured")})
@@ -59,6 +75,17 @@ def target_entry(recipe, target: str, d: Decision, native: dict[str, dict]) -> d
             "qoe": rec.get("qoe"),
         },
         "ship_in": rec["ship_mode"],
+    }
+
+
+def target_entry(recipe, d: Decision, native: dict[str, dict]) -> dict:
+    """The index's record of one target: the winner and every eligible candidate after it (the fallbacks a loader
+    walks when the browser cannot run the winner), or why nothing qualified."""
+    if d.chosen is None:
+        return {"status": "unmet", "reason": d.reason, "fallbacks": []}
+    return {
+        "status": "chosen", "reason": d.reason,
+        "fallbacks": [candidate_entry(recipe, c, native) for c in d.ranking],
         # Which runtime/variant came next and how far behind: "by how much" the winner won.
         "runner_up": ({"runtime": d.ranking[1].runtime, "variant": d.ranking[1].variant,
                        "median_ms": d.ranking[1].median_ms,
@@ -68,12 +95,16 @@ def target_entry(recipe, target: str, d: Decision, native: dict[str, dict]) -> d
 
 
 def select_and_publish(recipe, build_key: str, candidates: list[Candidate], native: dict[str, dict],
-                       canonical: dict, registry: Path) -> dict:
+                       canonical: dict, registry: Path, build_inputs: dict | None = None) -> dict:
     """Select per target, publish the version to the registry with its report; returns the task's record."""
+    from browser_validate.runtimes import served_file
+
     s = recipe.selection
     decisions = [select(t, candidates, s.tie_tolerance, s.objectives, s.goals) for t in recipe.targets]
-    targets = {d.target: target_entry(recipe, d.target, d, native) for d in decisions}
+    targets = {d.target: target_entry(recipe, d, native) for d in decisions}
     entry = {"description": recipe.description, "recipe": str(recipe.path), "build_key": build_key,
+             "build_inputs": build_inputs or {},
+             "budget": recipe.budget.model_dump(mode="json"), "release": recipe.release.model_dump(mode="json"),
              "inputs": [i.model_dump(mode="json") for i in recipe.inputs],
              "outputs": [o.model_dump(mode="json") for o in recipe.outputs], "targets": targets}
     report = {"model": recipe.name, "version": recipe.version, "build_key": build_key,
@@ -84,6 +115,9 @@ def select_and_publish(recipe, build_key: str, candidates: list[Candidate], nati
               "candidates": candidate_rows(candidates),
               "native": {v: {k: n.get(k) for k in ("status", "error", "latency_ms", "accuracy", "stage", "measured")}
                          for v, n in native.items()}}
-    published = publish(registry, recipe.name, recipe.version, entry, report)
-    return {"targets": {t: {k: v[k] for k in ("status", "variant", "runtime", "reason")} for t, v in targets.items()},
-            "report": report, "published": published["report"]}
+    published = publish(registry, recipe.name, recipe.version, entry, report, locate_runtime_file=served_file)
+    return {"targets": {t: {"status": v["status"], "reason": v["reason"],
+                            "variant": v["fallbacks"][0]["variant"] if v["fallbacks"] else None,
+                            "runtime": v["fallbacks"][0]["runtime"] if v["fallbacks"] else None}
+                        for t, v in targets.items()},
+            "report": report, "published": published["report"]["path"]}

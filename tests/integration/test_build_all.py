@@ -12,6 +12,7 @@ from onnx import numpy_helper
 
 from pipeline import families
 from pipeline.families import VariantSpec
+from pipeline.fsutil import sha256_file
 from pipeline.release.registry import read_index, validate_index
 from pipeline.tasks import BuildAll
 
@@ -100,7 +101,7 @@ def test_build_all_end_to_end(tmp_path, extra_variants, capsys):
 
     index = read_index(art / "registry")
     validate_index(index)
-    targets = index["models"]["tiny"]["0.1"]["targets"]
+    targets = index["models"]["tiny"]["versions"]["0.1"]["targets"]
     for t in ("wasm", "webgpu"):
         e = targets[t]
         assert e["status"] == "chosen" and e["runtime"] == "ort" and e["backend"] == t
@@ -118,8 +119,16 @@ def test_build_all_end_to_end(tmp_path, extra_variants, capsys):
         assert ru["variant"] != e["variant"] and ru["slower_by"] == pytest.approx(ru["median_ms"] / m["latency_ms"]["median"])
         f = e["files"][0]
         assert (art / "registry" / f["path"]).stat().st_size == f["bytes"] == m["download_bytes"]
+        # Schema 2: the winner first among the ranked fallbacks, and everything a web app needs to run it.
+        assert e["fallbacks"][0]["variant"] == e["variant"] and e["fallbacks"][1]["variant"] == ru["variant"]
+        names = {r["name"] for r in e["runtime_files"]}
+        assert {"runtimes/ort.js", "runtimes/adapter.js"} <= names and any(n.endswith(".wasm") for n in names)
+        assert e["runtime_entry"] == "runtimes/ort.js"
+        for r in e["runtime_files"] + e["files"]:
+            assert sha256_file(art / "registry" / r["path"]) == r["sha256"] and r["integrity"].startswith("sha384-")
+        assert e["required_features"] == (["webgpu"] if t == "webgpu" else ["wasm", "wasm-simd"])
 
-    report = json.loads((art / "registry" / index["models"]["tiny"]["0.1"]["report"]).read_text())
+    report = json.loads((art / "registry" / index["models"]["tiny"]["versions"]["0.1"]["report"]["path"]).read_text())
     rows = {(r["variant"], r["target"]): r for r in report["candidates"]}
     corrupt = rows[("corrupt_weights", "wasm")]
     assert corrupt["status"] == "ok" and not corrupt["eligible"]
@@ -149,7 +158,7 @@ def test_build_all_end_to_end(tmp_path, extra_variants, capsys):
     assert len(variants_before) > 10
     for p in variants_before:
         assert p.stat().st_mtime_ns == stamp[p]
-    targets = read_index(art / "registry")["models"]["tiny"]["0.1"]["targets"]
+    targets = read_index(art / "registry")["models"]["tiny"]["versions"]["0.1"]["targets"]
     assert targets["wasm"]["status"] == "unmet" and "max abs error" in targets["wasm"]["reason"]
 
 
@@ -173,8 +182,8 @@ def test_missing_package_fails_its_recipe_only(tmp_path):
     art = tmp_path / "art"
     assert build(tmp_path / "recipes", art).scheduling_succeeded
     models = read_index(art / "registry")["models"]
-    assert models["tiny"]["0.1"]["targets"]["wasm"]["status"] == "chosen"
-    miss = models["missing"]["0.1"]["targets"]["wasm"]
+    assert models["tiny"]["versions"]["0.1"]["targets"]["wasm"]["status"] == "chosen"
+    miss = models["missing"]["versions"]["0.1"]["targets"]["wasm"]
     assert miss["status"] == "unmet" and "no_such_pkg_xyz" in miss["reason"] and "not installed" in miss["reason"]
     # Environmental failures are retried by the next build rather than cached.
     src = next((art / "build" / "missing" / "0.1").glob("SourceModel-*/result.json"))

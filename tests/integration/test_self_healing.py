@@ -1,7 +1,6 @@
 """A build that heals itself and never lies (issue: crashes retried, lost or altered outputs rebuilt, files checked
 by hash where they cross a task boundary, failed builds exit non-zero), with real processes: a real Chromium whose
 renderer is killed by pid, a real kill -9 of a build, an injected ENOSPC, real tampering."""
-import errno
 import json
 import os
 import signal
@@ -16,7 +15,7 @@ import pytest
 import yaml
 
 from pipeline.fsutil import sha256_file
-from pipeline.release.registry import intact, read_index, version_entry
+from pipeline.release.registry import intact, version_entry
 from pipeline.tasks import BuildAll
 
 pytestmark = [pytest.mark.browser, pytest.mark.toolchain, pytest.mark.slow]
@@ -181,10 +180,10 @@ def test_exit_status_says_whether_the_build_failed(project):
     assert full.returncode == 30, full.stderr[-3000:]
     assert "No space left on device" in full.stderr
     assert index.read_text() == good_index  # the old index stands; its report still matches it
-    assert (project / "art" / "registry" / json.loads(good_index)["models"]["heal"]["1"]["report"]).is_file()
+    old = json.loads(good_index)["models"]["heal"]["versions"]["1"]
+    assert (project / "art" / "registry" / old["report"]["path"]).is_file()
     again = run_cli(project)
-    assert again.returncode == 0 and read_index(project / "art" / "registry")["models"]["heal"]["1"]["build_key"] \
-        != json.loads(good_index)["models"]["heal"]["1"]["build_key"]
+    assert again.returncode == 0 and entry(project)["build_key"] != old["build_key"]
 
     # Unmet targets fail the build only when asked to.
     (project / "recipes" / "heal.yaml").write_text(yaml.safe_dump({**RECIPE, "budget": {"max_abs_error": 1e-12}}))
