@@ -220,3 +220,21 @@ def logits(path: Path, x: np.ndarray) -> np.ndarray:
 def no_temp_files(d: Path) -> None:
     leftovers = [p.name for p in Path(d).iterdir() if p.name.startswith(".")]
     assert not leftovers, f"temporary files left behind: {leftovers}"
+
+
+# ------------------------------------------------------------------------------------------------ recipes
+
+
+def tiny_recipe(name: str, version: str, **fields) -> dict:
+    """A recipe for the 4-class TinyCNN on 8x8 inputs (models:build / train / samples), wasm only, fp32, quick
+    measurements; `fields` replace top-level fields."""
+    return {"name": name, "version": version,
+            "source": {"kind": "pytorch", "module": {"function": "models:build"},
+                       "weights": {"trainer": {"function": "models:train"}}},
+            "inputs": [{"name": "input", "shape": ["batch", 3, 8, 8], "layout": "NCHW"}],
+            "outputs": [{"name": "logits", "kind": "logits"}],
+            "data": {"eval": {"function": "models:samples"}, "eval_batch": 4},
+            "budget": {"min_top1_agreement": 0.9},
+            "targets": ["wasm"], "variants": ["fp32"],
+            "measure": {"wasm": {"runs": 3, "warmup": 1, "qoe_modes": []}},
+            **fields}

@@ -14,24 +14,17 @@ from pipeline import families
 from pipeline.families import VariantSpec
 from pipeline.fsutil import sha256_file
 from pipeline.release.registry import read_index, validate_index
+from models import tiny_recipe
 from pipeline.tasks import BuildAll
 
 pytestmark = [pytest.mark.browser, pytest.mark.toolchain, pytest.mark.slow]
 
-RECIPE = {
-    "name": "tiny", "version": "0.1",
-    "source": {"kind": "pytorch", "module": {"function": "models:build"},
-               "weights": {"trainer": {"function": "models:train"}}},
-    "inputs": [{"name": "input", "shape": ["batch", 3, 8, 8], "layout": "NCHW"}],
-    "outputs": [{"name": "logits", "kind": "logits"}],
-    "data": {"eval": {"function": "models:samples"}, "eval_batch": 4},
-    "budget": {"min_top1_agreement": 0.9, "max_abs_error": 0.05},
-    "targets": ["wasm", "webgpu"],
-    "variants": ["fp32", "int8_dynamic", "corrupt_weights", "fails_to_build", "truncated"],
-    "measure": {"wasm": {"runs": 5, "warmup": 1, "qoe_duration_ms": 500,
-                         "network_profile": {"name": "lan", "download_kbps": 100000, "latency_ms": 5}},
-                "webgpu": {"runs": 2, "warmup": 1, "timeout_s": 120, "qoe_modes": ["worker"], "qoe_duration_ms": 500}},
-}
+RECIPE = tiny_recipe(
+    "tiny", "0.1", budget={"min_top1_agreement": 0.9, "max_abs_error": 0.05}, targets=["wasm", "webgpu"],
+    variants=["fp32", "int8_dynamic", "corrupt_weights", "fails_to_build", "truncated"],
+    measure={"wasm": {"runs": 5, "warmup": 1, "qoe_duration_ms": 500,
+                      "network_profile": {"name": "lan", "download_kbps": 100000, "latency_ms": 5}},
+             "webgpu": {"runs": 2, "warmup": 1, "timeout_s": 120, "qoe_modes": ["worker"], "qoe_duration_ms": 500}})
 
 
 def _corrupt(inputs, out: Path):

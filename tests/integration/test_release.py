@@ -12,25 +12,15 @@ from click.testing import CliRunner
 
 from pipeline.cli import main
 from pipeline.release.registry import read_index
+from models import tiny_recipe
 from pipeline.tasks import BuildAll
 from s3server import BUCKET
 
 pytestmark = [pytest.mark.browser, pytest.mark.toolchain, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 
-RECIPE = {
-    "name": "rel", "version": "1.0.0",
-    "source": {"kind": "pytorch", "module": {"function": "models:build"},
-               "weights": {"trainer": {"function": "models:train"}}},
-    "inputs": [{"name": "input", "shape": ["batch", 3, 8, 8], "layout": "NCHW"}],
-    "outputs": [{"name": "logits", "kind": "logits"}],
-    "data": {"eval": {"function": "models:samples"}, "eval_batch": 4},
-    "budget": {"min_top1_agreement": 0.9},
-    "targets": ["wasm"],
-    "variants": ["fp32"],
-    "measure": {"wasm": {"runs": 5, "warmup": 1, "qoe_modes": []}},
-    "release": {"max_size_increase": 0.10},
-}
+RECIPE = tiny_recipe("rel", "1.0.0", measure={"wasm": {"runs": 5, "warmup": 1, "qoe_modes": []}},
+                     release={"max_size_increase": 0.10})
 # Version 2: a 16x wider model (a bigger download): the gate must block it against version 1.
 WORSE = {**RECIPE, "version": "2.0.0",
          "source": {"kind": "pytorch", "module": {"function": "models:build", "args": {"width": 128}},

@@ -16,23 +16,13 @@ import yaml
 
 from pipeline.fsutil import sha256_file
 from pipeline.release.registry import intact, version_entry
+from models import tiny_recipe
 from pipeline.tasks import BuildAll
 
 pytestmark = [pytest.mark.browser, pytest.mark.toolchain, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 
-RECIPE = {
-    "name": "heal", "version": "1",
-    "source": {"kind": "pytorch", "module": {"function": "models:build"},
-               "weights": {"trainer": {"function": "models:train"}}},
-    "inputs": [{"name": "input", "shape": ["batch", 3, 8, 8], "layout": "NCHW"}],
-    "outputs": [{"name": "logits", "kind": "logits"}],
-    "data": {"eval": {"function": "models:samples"}, "eval_batch": 4},
-    "budget": {"min_top1_agreement": 0.9},
-    "targets": ["wasm"],
-    "variants": ["fp32", "int8_dynamic"],
-    "measure": {"wasm": {"runs": 3, "warmup": 1, "qoe_modes": []}},
-}
+RECIPE = tiny_recipe("heal", "1", variants=["fp32", "int8_dynamic"])
 
 
 @pytest.fixture
