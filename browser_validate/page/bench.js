@@ -7,7 +7,7 @@
 // cfg (from harness.py): {runtime, target, threads, warmup, runs, evalBatch, requiredFeatures, jobBase,
 //                         debugHangStage, qoe: {modes, durationMs} | null}
 
-import {TYPED, probeTarget} from '/runtimes/adapter.js';
+import {TYPED, probeTarget, servedRuntime} from '/runtimes/adapter.js';
 
 const state = {stage: 'idle', done: false, result: null};
 window.__bench = state;
@@ -192,7 +192,7 @@ async function bench(cfg) {
 
     setStage('session', cfg);
     t0 = performance.now();
-    const loaded = await adapter.load({files, target: cfg.target, threads: cfg.threads});
+    const loaded = await adapter.load({files, target: cfg.target, threads: cfg.threads, runtime: servedRuntime()});
     res.session_ms = performance.now() - t0;
     res.env.session = loaded && loaded.info;
     // Keep the model bytes only if a Worker will need them; otherwise let them be collected.

@@ -1,5 +1,7 @@
 // Runs a runtime adapter inside a Web Worker, for the "inference off the main thread" measurement.
 // Messages: {op:'load', runtime, target, threads, files} | {op:'run', feeds} | {op:'loop', feeds, durationMs}.
+import * as lib from '/runtimes/adapter.js';
+
 let adapter = null;
 
 self.onmessage = async (e) => {
@@ -7,7 +9,7 @@ self.onmessage = async (e) => {
   try {
     if (m.op === 'load') {
       adapter = await import(`/runtimes/${m.runtime}.js`);
-      await adapter.load({files: m.files, target: m.target, threads: m.threads});
+      await adapter.load({files: m.files, target: m.target, threads: m.threads, runtime: lib.servedRuntime()});
       self.postMessage({ok: true});
     } else if (m.op === 'run') {
       await adapter.run(m.feeds);

@@ -1,8 +1,12 @@
 // The runtime adapter interface, and the pieces every adapter shares.
 //
 // Every runtime file next to this one (ort.js, tfjs.js, tvm.js, ...) is an ES module implementing `Adapter`.
-// The measuring page (page/bench.js, page/worker.js) calls it, and a web app's loader will call the same
-// functions: a measurement means what the app will get only if both go through this one interface.
+// The measuring page (page/bench.js, page/worker.js) and the web app's loader (web/loader/) call the same
+// adapters through this one interface: what ships is what was measured.
+//
+// Adapters are self-contained modules: they import nothing. Where the runtime's own files are (its JS bundles
+// and wasm) and the shared helpers below come in through `load({runtime})`, so the page can serve them from
+// its mounts and the loader from integrity-checked, cached copies (blob URLs) of the registry's files.
 //
 // A *target* is what a web app can count on in a visitor's browser ('wasm', 'webgpu', 'webgl'). Each adapter
 // maps a target onto its runtime's own backend (ORT execution provider, tfjs setBackend name, TVM device).
@@ -22,8 +26,15 @@
  * @property {string} name       file name as converted (the entry file comes first)
  * @property {ArrayBuffer} data
  *
+ * @typedef {object} RuntimeEnv
+ * @property {(name: string) => (string|undefined)} url   where the runtime file `name` can be loaded from, by its
+ *           path as served to the measuring page and published in the registry bundle ('ort/ort.wasm.min.mjs');
+ *           undefined when that file is not available
+ * @property {{TYPED: object, watchGpuDevice: function}} lib   this module's helpers
+ *
  * @typedef {object} Adapter
- * @property {(opts: {files: ModelFile[], target: string, threads: number}) => Promise<{info: object}>} load
+ * @property {(opts: {files: ModelFile[], target: string, threads: number, runtime: RuntimeEnv}) =>
+ *           Promise<{info: object}>} load
  *           create the session for `target`; `info` goes into the report (input/output names, ...)
  * @property {(feeds: Object<string, Tensor>) => Promise<Object<string, Tensor>>} run
  *           one inference; feeds and outputs keyed by the model's (recipe's) names
@@ -86,4 +97,14 @@ export async function probeTarget(target) {
             reason: gl ? undefined : 'no WebGL2 context'};
   }
   return {available: false, features: [], info: {}, reason: `unknown target ${target}`};
+}
+
+/**
+ * The RuntimeEnv of a page that serves the runtime files under their bundle names below `base` (the measuring
+ * page serves them from its origin's root, as published in a registry bundle).
+ * @param {string} [base]
+ * @returns {RuntimeEnv}
+ */
+export function servedRuntime(base = '/') {
+  return {url: (name) => base + name, lib: {TYPED, watchGpuDevice}};
 }

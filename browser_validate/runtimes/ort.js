@@ -2,32 +2,32 @@
 //
 // ORT's own backend is its execution provider; for the targets it runs on the EP has the target's name.
 // One bundle per target, as a deployed app would import it: the wasm-only bundle is the smallest; the
-// webgpu bundle ("onnxruntime-web/webgpu") carries its own wasm build.
-import {watchGpuDevice} from './adapter.js';
+// webgpu bundle ("onnxruntime-web/webgpu") carries its own wasm build. Each bundle loads a wasm glue module and
+// its wasm binary: both are named here, so they come from where `runtime.url` says, never from a CDN.
 
 const EXECUTION_PROVIDER = {wasm: 'wasm', webgpu: 'webgpu'};
 const BUNDLES = {
-  wasm: '/ort/ort.wasm.min.mjs',
-  webgpu: '/ort/ort.webgpu.min.mjs',
+  wasm: {module: 'ort/ort.wasm.min.mjs', mjs: 'ort/ort-wasm-simd-threaded.mjs', wasm: 'ort/ort-wasm-simd-threaded.wasm'},
+  webgpu: {module: 'ort/ort.webgpu.min.mjs', mjs: 'ort/ort-wasm-simd-threaded.asyncify.mjs',
+           wasm: 'ort/ort-wasm-simd-threaded.asyncify.wasm'},
 };
 
 let ort = null;
 let session = null;
 let targetUsed = null;
 
-async function importOrt(target) {
-  const url = BUNDLES[target];
-  if (!url) throw new Error(`ort: does not run on target ${target}`);
-  ort = await import(url);
-  // Resolve the .wasm/.mjs side files from our server, not relative to a CDN.
-  ort.env.wasm.wasmPaths = '/ort/';
+async function importOrt(target, runtime) {
+  const b = BUNDLES[target];
+  if (!b) throw new Error(`ort: does not run on target ${target}`);
+  ort = await import(runtime.url(b.module));
+  ort.env.wasm.wasmPaths = {mjs: runtime.url(b.mjs), wasm: runtime.url(b.wasm)};
   ort.env.wasm.simd = true;  // only SIMD builds ship in 1.30; kept explicit for older pins
   ort.env.logLevel = 'warning';
   return ort;
 }
 
-export async function load({files, target, threads}) {
-  await importOrt(target);
+export async function load({files, target, threads, runtime}) {
+  await importOrt(target, runtime);
   ort.env.wasm.numThreads = threads;
   targetUsed = target;
   const ep = EXECUTION_PROVIDER[target];
@@ -39,7 +39,7 @@ export async function load({files, target, threads}) {
     externalData: rest.map((f) => ({path: f.name, data: new Uint8Array(f.data)})),
   };
   session = await ort.InferenceSession.create(new Uint8Array(entry.data), options);
-  if (ep === 'webgpu') watchGpuDevice(await ort.env.webgpu.device);
+  if (ep === 'webgpu') runtime.lib.watchGpuDevice(await ort.env.webgpu.device);
   return {info: {inputNames: session.inputNames, outputNames: session.outputNames}};
 }
 
@@ -65,7 +65,7 @@ export function env() {
   return {
     runtime: 'ort',
     version: ort ? (ort.env.versions && (ort.env.versions.web || ort.env.versions.common)) : null,
-    bundle: BUNDLES[targetUsed],
+    bundle: BUNDLES[targetUsed] && BUNDLES[targetUsed].module,
     wasmThreads: ort ? ort.env.wasm.numThreads : null,
     backend: EXECUTION_PROVIDER[targetUsed] || null,  // the execution provider
   };

@@ -4,22 +4,21 @@
 // The manifest maps the recipe's input/output names onto the graph model's signature / node names, so
 // feeds and results use the recipe's names.
 //
-// The UMD bundles are served from node_modules/@tensorflow under /tfjs/ (one static mount) and define the
-// global `tf` (they work the same on the page and inside a module Worker): tfjs (core + converter + cpu +
-// webgl), then the wasm or webgpu backend, which attach to that global.
+// The UMD bundles (node_modules/@tensorflow, served and published under tfjs/) define the global `tf` (they work
+// the same on the page and inside a module Worker): tfjs (core + converter + cpu + webgl), then the wasm or
+// webgpu backend, which attach to that global. Where each file is comes from `runtime.url`.
 
-import {watchGpuDevice} from './adapter.js';
-
-const BASE = '/tfjs/';
-const CORE = `${BASE}tfjs/dist/tf.es2017.min.js`;
+const CORE = 'tfjs/tfjs/dist/tf.es2017.min.js';
 const BACKEND_FOR_TARGET = {wasm: 'wasm', webgl: 'webgl', webgpu: 'webgpu'};
 // Bundle per tfjs backend, loaded on top of the core bundle.
 const BACKENDS = {
-  wasm: `${BASE}tfjs-backend-wasm/dist/tf-backend-wasm.es2017.min.js`,
-  webgpu: `${BASE}tfjs-backend-webgpu/dist/tf-backend-webgpu.es2017.min.js`,
+  wasm: 'tfjs/tfjs-backend-wasm/dist/tf-backend-wasm.es2017.min.js',
+  webgpu: 'tfjs/tfjs-backend-webgpu/dist/tf-backend-webgpu.es2017.min.js',
   webgl: null,  // in the core bundle
 };
-const WASM_DIR = `${BASE}tfjs-backend-wasm/dist/`;
+// The wasm backend picks one of these by feature detection (SIMD, threads).
+const WASM_FILES = ['tfjs-backend-wasm.wasm', 'tfjs-backend-wasm-simd.wasm', 'tfjs-backend-wasm-threaded-simd.wasm'];
+const WASM_DIR = 'tfjs/tfjs-backend-wasm/dist/';
 const MANIFEST = 'tfjs_manifest.json';
 
 let tf = null;
@@ -31,11 +30,11 @@ let details = {};
 let inputMap = [];   // [{name (recipe), key (graph model input name), dtype}]
 let outputMap = [];  // [{name (recipe), key (graph model output name)}]
 
-async function importTf(backend) {
-  if (!globalThis.tf || !globalThis.tf.loadGraphModel) await import(CORE);
+async function importTf(backend, runtime) {
+  if (!globalThis.tf || !globalThis.tf.loadGraphModel) await import(runtime.url(CORE));
   tf = globalThis.tf;
   if (BACKENDS[backend] && !(backend === 'wasm' ? tf.wasm && tf.wasm.setWasmPaths : tf.findBackendFactory('webgpu'))) {
-    await import(BACKENDS[backend]);
+    await import(runtime.url(BACKENDS[backend]));
   }
   return tf;
 }
@@ -90,9 +89,13 @@ function resolveName(entry, available, what) {
   throw new Error(`tfjs: ${what} ${entry.name} (${entry.signature_key}, ${node}) not in the model's ${what}s [${available}]`);
 }
 
-async function setBackend(backend, threads) {
+async function setBackend(backend, threads, runtime) {
   if (backend === 'wasm') {
-    tf.wasm.setWasmPaths(WASM_DIR);
+    // tfjs wants all three; one that is not available (not published: it was not the one measured) fails
+    // loudly if tfjs picks it, and the loader moves on to the next candidate.
+    const paths = {};
+    for (const f of WASM_FILES) paths[f] = runtime.url(WASM_DIR + f) || `data:application/wasm,unavailable-${f}`;
+    tf.wasm.setWasmPaths(paths);
     if (typeof tf.wasm.setThreadsCount === 'function') tf.wasm.setThreadsCount(Math.max(1, threads || 1));
   }
   const ok = await tf.setBackend(backend);
@@ -105,19 +108,19 @@ async function setBackend(backend, threads) {
     details.wasmMultithread = await tf.env().getAsync('WASM_HAS_MULTITHREAD_SUPPORT');
     details.wasmThreads = typeof tf.wasm.getThreadsCount === 'function' ? tf.wasm.getThreadsCount() : null;
   }
-  if (backend === 'webgpu') watchGpuDevice(tf.backend().device);
+  if (backend === 'webgpu') runtime.lib.watchGpuDevice(tf.backend().device);
   if (backend === 'webgl') {
     details.webglVersion = tf.env().getNumber('WEBGL_VERSION');
     details.webglFloat32 = tf.env().getBool('WEBGL_RENDER_FLOAT32_ENABLED');
   }
 }
 
-export async function load({files, target, threads}) {
+export async function load({files, target, threads, runtime}) {
   const backend = BACKEND_FOR_TARGET[target];
   if (!backend) throw new Error(`tfjs: does not run on target ${target}`);
-  await importTf(backend);
+  await importTf(backend, runtime);
   backendUsed = backend;
-  await setBackend(backend, threads);
+  await setBackend(backend, threads, runtime);
   const [entry] = files;
   const all = byName(files);
   const decoder = new TextDecoder();

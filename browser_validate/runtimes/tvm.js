@@ -10,9 +10,7 @@
 // differs from the compiled one is split into compiled-batch slices that run one after another; the
 // outputs are concatenated on axis 0. Rows are independent in inference models, so results are the same.
 
-import {TYPED} from './adapter.js';
-
-const TVMJS_URL = '/tvmjs/index.js';  // UMD bundle: importing it defines globalThis.tvmjs
+const TVMJS = 'tvmjs/index.js';  // UMD bundle: importing it defines globalThis.tvmjs
 const DEVICE_FOR_TARGET = {wasm: 'cpu', webgpu: 'webgpu'};
 
 let tvmjs = null;
@@ -24,10 +22,11 @@ let meta = null;
 let params = [];       // device tensors passed after the inputs (separate-weights builds)
 let targetUsed = null;
 let gpuInfo = null;
+let typedArrays = null;  // adapter.js's dtype table (TYPED), from load({runtime})
 
-async function importTvmjs() {
-  if (!globalThis.tvmjs) await import(TVMJS_URL);
-  if (!globalThis.tvmjs) throw new Error(`tvm: ${TVMJS_URL} did not define tvmjs`);
+async function importTvmjs(runtime) {
+  if (!globalThis.tvmjs) await import(runtime.url(TVMJS));
+  if (!globalThis.tvmjs) throw new Error(`tvm: ${TVMJS} did not define tvmjs`);
   return globalThis.tvmjs;
 }
 
@@ -41,7 +40,7 @@ function bytesOf(typed) {
 }
 
 function toTyped(bytes, dtype) {
-  const Typed = TYPED[dtype];
+  const Typed = typedArrays[dtype];
   if (!Typed) throw new Error(`tvm: unsupported dtype ${dtype}`);
   // toRawBytes() returns a fresh copy; realign into its own buffer for the typed view.
   const copy = new Uint8Array(bytes.byteLength);
@@ -49,7 +48,8 @@ function toTyped(bytes, dtype) {
   return new Typed(copy.buffer);
 }
 
-export async function load({files, target}) {
+export async function load({files, target, runtime}) {
+  typedArrays = runtime.lib.TYPED;
   if (!DEVICE_FOR_TARGET[target]) throw new Error(`tvm: does not run on target ${target}`);
   const [entry] = files;
   const metaBuf = byName(files, 'tvm_meta.json');
@@ -57,7 +57,7 @@ export async function load({files, target}) {
   meta = JSON.parse(new TextDecoder().decode(metaBuf));
   if (meta.target !== target) throw new Error(`tvm: module compiled for ${meta.target}, asked to run on ${target}`);
 
-  tvmjs = await importTvmjs();
+  tvmjs = await importTvmjs(runtime);
   inst = await tvmjs.instantiate(entry.data, tvmjs.createPolyfillWASI(), (msg) => console.log(`[tvm] ${msg}`));
   targetUsed = target;
   if (target === 'webgpu') {

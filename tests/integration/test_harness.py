@@ -124,6 +124,10 @@ def test_adapters_follow_the_runtime_table_and_share_adapter_js():
             assert _js_exports(text, fn), f"{info.js} does not export {fn}"
         # Which targets a runtime runs on is said by RUNTIMES alone; probing is adapter.js's probeTarget.
         assert not _js_exports(text, "probe"), f"{info.js} exports probe"
+        # Self-contained: runtime files and helpers come in through load({runtime}), so the loader can import an
+        # adapter from an integrity-checked blob URL, where relative imports would not resolve.
+        assert not re.search(r"^\s*import\s", text, re.M), f"{info.js} has a static import"
+        assert not re.search(r"['\"]/(ort|tfjs|tvmjs)/", text), f"{info.js} has an absolute runtime path"
         assert set(info.targets) <= {"wasm", "webgpu", "webgl"}
     assert not (RUNTIMES_DIR / "probe.js").exists()
 
