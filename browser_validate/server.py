@@ -64,7 +64,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _error(self, status: HTTPStatus):
         body = f"{status.value} {status.phrase}\n".encode()
         self.send_response(status)
-        for k, v in ISOLATION_HEADERS.items():
+        for k, v in self.server.owner.headers.items():
             self.send_header(k, v)
         self.send_header("Content-Type", "text/plain; charset=utf-8")
         self.send_header("Content-Length", str(len(body)))
@@ -88,7 +88,7 @@ class _Handler(BaseHTTPRequestHandler):
         with f:
             size = os.fstat(f.fileno()).st_size
             self.send_response(HTTPStatus.OK)
-            for k, v in ISOLATION_HEADERS.items():
+            for k, v in self.server.owner.headers.items():
                 self.send_header(k, v)
             self.send_header("Content-Type", content_type(resolved))
             self.send_header("Content-Length", str(size))
@@ -110,7 +110,9 @@ class StaticServer:
         daemon_threads = True
         owner: "StaticServer"
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, isolated: bool = True):
+        # Cross-origin isolation (COOP/COEP) by default: wasm threads need it. Off: a page as most sites serve it.
+        self.headers = dict(ISOLATION_HEADERS) if isolated else {}
         self._mounts: dict[str, str] = {}
         self._recording: dict[str, str] | None = None
         self._lock = threading.Lock()

@@ -183,6 +183,22 @@ FASHION_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )
+
+
+def fashion_labels() -> list[str]:
+    """Class names of the Fashion-MNIST logits, in order (published with the model for apps to show)."""
+    return list(FASHION_CLASSES)
+
+
+def imagenet_labels() -> list[str]:
+    """The 1000 ImageNet-1k class names in the standard (torchvision / Keras) order, from the data files the
+    timm wheel ships (synset ids sorted, and their lemmas); the first lemma of each class."""
+    synsets = package_file("timm", "data/_info/imagenet_synsets.txt").read_text().split()
+    lemmas = dict(line.split("\t", 1) for line in
+                  package_file("timm", "data/_info/imagenet_synset_to_lemma.txt").read_text().splitlines() if "\t" in line)
+    if len(synsets) != 1000:
+        raise ValueError(f"expected 1000 ImageNet synsets, found {len(synsets)}")
+    return [lemmas[s].split(",")[0].strip() for s in synsets]
 _FASHION_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),

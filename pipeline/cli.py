@@ -6,6 +6,7 @@
     pipeline-release rollback MODEL --alias NAME [--reason TEXT]
     pipeline-release verify                             re-hash every file the index references
     pipeline-release publish --to DIR|s3://bucket/prefix
+    pipeline-release serve [--port N] [--no-isolation]  the registry + the example app, for a browser
 
 `--registry` (default artifacts/registry) may be a folder or s3://bucket/prefix (`--endpoint-url` or
 PIPELINE_S3_ENDPOINT_URL for MinIO, R2, GCS interoperability, a local S3-API server). Promoting or publishing a
@@ -285,6 +286,48 @@ def publish(ctx, dest: str):
     reg.update(mark)
     click.echo(f"published to {target.url}: {result['uploaded']} file(s) uploaded "
                f"({result['bytes_uploaded']:,} bytes), {result['skipped']} already there; index.json written last")
+
+
+WEB_DIR = Path(__file__).resolve().parents[1] / "web"
+
+
+def serve_registry(registry: Path, port: int = 0, host: str = "127.0.0.1", isolated: bool = True):
+    """A local server for a registry folder and the web side: /registry/ (the registry), /web/ (the loader and
+    the example app), /browser_validate/runtimes/ (the adapter interface the loader imports). Cross-origin
+    isolated (COOP/COEP) unless `isolated` is False, as wasm threads need."""
+    from browser_validate.runtimes import RUNTIMES_DIR
+    from browser_validate.server import StaticServer
+
+    server = StaticServer(host, port, isolated=isolated)
+    server.mount("/registry/", registry)
+    server.mount("/web/", WEB_DIR)
+    server.mount("/browser_validate/runtimes/", RUNTIMES_DIR)
+    return server
+
+
+@main.command()
+@click.option("--port", default=8765, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--no-isolation", is_flag=True, help="serve without COOP/COEP (no wasm threads), as many sites do")
+@click.pass_context
+def serve(ctx, port: int, host: str, no_isolation: bool):
+    """Serve a local registry and the example app (web/example/) so a person can open it in a browser."""
+    import time
+
+    reg = _registry(ctx)
+    if reg.local is None:
+        _fail("serve needs a local registry folder (--registry DIR)")
+    reg.read()
+    server = serve_registry(reg.local, port, host, isolated=not no_isolation)
+    click.echo(f"registry: {server.origin}/registry/index.json")
+    click.echo(f"example:  {server.origin}/web/example/index.html"
+               f"{'' if no_isolation else '   (cross-origin isolated: wasm threads available)'}")
+    click.echo("Ctrl-C to stop")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        server.close()
 
 
 def run() -> None:

@@ -171,6 +171,16 @@ class OutputSpec(_Strict):
     name: str
     # logits: argmax is the prediction (top-1 agreement and labelled accuracy apply)
     kind: Literal["logits", "probabilities", "embedding", "raw"] = "raw"
+    # A function returning the class names along the last axis, in order: published with the model (a JSON file
+    # the index names) so an app can show them.
+    labels: CallableRef | None = None
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_callable(cls, v: CallableRef | None) -> CallableRef | None:
+        if v is not None:
+            v.check_call()
+        return v
 
 
 class DataSpec(_Strict):

@@ -264,7 +264,7 @@ class CanonicalOnnx(RecipeTask):
     def fingerprint(self):
         r = self.recipe
         return {"inputs": [i.model_dump(mode="json") for i in r.inputs],
-                "outputs": [o.model_dump(mode="json") for o in r.outputs],
+                "outputs": [o.model_dump(mode="json", exclude={"labels"}) for o in r.outputs],
                 "opset": getattr(r.source, "opset", None), "toolchain": keys.python_toolchain()}
 
     def work(self, out: Path) -> dict:

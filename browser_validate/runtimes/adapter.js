@@ -108,3 +108,48 @@ export async function probeTarget(target) {
 export function servedRuntime(base = '/') {
   return {url: (name) => base + name, lib: {TYPED, watchGpuDevice}};
 }
+
+// A minimal module using a v128 instruction: WebAssembly.validate() says whether this engine has wasm SIMD.
+const SIMD_PROBE = new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 10, 1, 8, 0,
+  65, 0, 253, 15, 253, 98, 11]);
+
+/**
+ * What this browser can run, by capability rather than by presence: a WebGPU adapter is requested and its
+ * features and fallback (software) status read; WebGL2 gets a context; wasm SIMD is validated on a tiny module;
+ * wasm threads need cross-origin isolation and SharedArrayBuffer. `features` uses the registry's vocabulary
+ * (required_features): wasm, wasm-simd, wasm-threads, webgpu, shader-f16, webgl2.
+ * @returns {Promise<{features: string[], webgpu: object|null, webgl: object|null, crossOriginIsolated: boolean}>}
+ */
+export async function probeCapabilities() {
+  const features = [];
+  let webgpu = null;
+  if (typeof navigator !== 'undefined' && navigator.gpu) {
+    try {
+      const adapter = await navigator.gpu.requestAdapter();
+      if (adapter) {
+        const i = adapter.info || {};
+        webgpu = {vendor: i.vendor, architecture: i.architecture, description: i.description,
+                  isFallbackAdapter: Boolean(i.isFallbackAdapter ?? adapter.isFallbackAdapter),
+                  features: [...adapter.features].sort()};
+        features.push('webgpu');
+        if (adapter.features.has('shader-f16')) features.push('shader-f16');
+      }
+    } catch (e) {
+      webgpu = {error: String(e && e.message || e)};
+    }
+  }
+  let webgl = null;
+  const canvas = typeof document !== 'undefined' ? document.createElement('canvas')
+    : (typeof OffscreenCanvas !== 'undefined' ? new OffscreenCanvas(1, 1) : null);
+  const gl = canvas && canvas.getContext('webgl2');
+  if (gl) {
+    webgl = {renderer: gl.getParameter(gl.RENDERER)};
+    features.push('webgl2');
+  }
+  if (typeof WebAssembly === 'object') {
+    features.push('wasm');
+    if (WebAssembly.validate(SIMD_PROBE)) features.push('wasm-simd');
+    if (self.crossOriginIsolated && typeof SharedArrayBuffer !== 'undefined') features.push('wasm-threads');
+  }
+  return {features, webgpu, webgl, crossOriginIsolated: Boolean(self.crossOriginIsolated)};
+}

@@ -94,6 +94,18 @@ def target_entry(recipe, d: Decision, native: dict[str, dict]) -> dict:
     }
 
 
+def output_entry(o) -> dict:
+    """An output as the index describes it; its class names (when the recipe names a function) go along as a JSON
+    file to store, ``{"labels": {"data": [...]}}`` until publish stores it."""
+    out = {"name": o.name, "kind": o.kind}
+    if o.labels is not None:
+        names = o.labels.call()
+        if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"output {o.name}: labels function {o.labels.function} must return a list of strings")
+        out["labels"] = {"data": list(names)}
+    return out
+
+
 def select_and_publish(recipe, build_key: str, candidates: list[Candidate], native: dict[str, dict],
                        canonical: dict, registry: Path, build_inputs: dict | None = None) -> dict:
     """Select per target, publish the version to the registry with its report; returns the task's record."""
@@ -106,7 +118,7 @@ def select_and_publish(recipe, build_key: str, candidates: list[Candidate], nati
              "build_inputs": build_inputs or {},
              "budget": recipe.budget.model_dump(mode="json"), "release": recipe.release.model_dump(mode="json"),
              "inputs": [i.model_dump(mode="json") for i in recipe.inputs],
-             "outputs": [o.model_dump(mode="json") for o in recipe.outputs], "targets": targets}
+             "outputs": [output_entry(o) for o in recipe.outputs], "targets": targets}
     report = {"model": recipe.name, "version": recipe.version, "build_key": build_key,
               "canonical_onnx": {k: canonical.get(k) for k in ("status", "error", "bytes", "ops")},
               "decisions": [{"target": d.target, "status": d.status, "reason": d.reason,

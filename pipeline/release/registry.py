@@ -108,6 +108,18 @@ def store_runtime(registry: Path, runtime: str, files: list[dict], locate: Calla
     return out
 
 
+def store_labels(registry: Path, model: str, version: str, output: dict) -> dict:
+    """An output's class names (``{"labels": {"data": [...]}}``) as a content-addressed JSON file."""
+    if not isinstance(output.get("labels"), dict) or "data" not in output["labels"]:
+        return output
+    blob = (json.dumps(output["labels"]["data"], ensure_ascii=False) + "\n").encode()
+    rel = Path(model) / version / "files" / hashlib.sha256(blob).hexdigest() / f"labels-{output['name']}.json"
+    if not ((registry / rel).is_file() and sha256_file(registry / rel) == hashlib.sha256(blob).hexdigest()):
+        write_bytes_atomic(registry / rel, blob)
+    _readable_path(registry, rel)
+    return {**output, "labels": file_record(registry / rel, rel.as_posix())}
+
+
 # ------------------------------------------------------------------------------------------------ index
 
 
@@ -232,7 +244,7 @@ def referenced_files(index: dict) -> list[dict]:
     seen: dict[str, dict] = {}
     for m in index.get("models", {}).values():
         for v in m.get("versions", {}).values():
-            files = [v["report"]]
+            files = [v["report"], *(o["labels"] for o in v.get("outputs", []) if o.get("labels"))]
             for t in v.get("targets", {}).values():
                 for c in [t, *t.get("fallbacks", [])]:
                     files += c.get("files", []) + c.get("runtime_files", [])
@@ -294,11 +306,13 @@ def publish(registry: Path, model: str, version: str, entry: dict, report: dict,
         if t["fallbacks"]:
             t.update({k: t["fallbacks"][0][k] for k in CANDIDATE_FIELDS if k in t["fallbacks"][0]})
         targets[name] = t
+    outputs = [store_labels(registry, model, version, o) for o in entry.get("outputs", [])]
     blob = (json.dumps(report, indent=2, sort_keys=True, default=str) + "\n").encode()
     report_rel = Path(model) / version / f"report-{hashlib.sha256(blob).hexdigest()[:16]}.json"
     write_bytes_atomic(registry / report_rel, blob)
     _readable_path(registry, report_rel)
-    version_obj = {**entry, "targets": targets, "report": file_record(registry / report_rel, report_rel.as_posix()),
+    version_obj = {**entry, "targets": targets, "outputs": outputs,
+                   "report": file_record(registry / report_rel, report_rel.as_posix()),
                    "created": now(), "frozen": current.get("frozen") if current else None}
 
     def put(index: dict) -> None:
