@@ -16,7 +16,6 @@ from click.testing import CliRunner
 from browser_validate.browser import CHROMIUM_ARGS, _BROWSER
 from models import samples, tiny_recipe
 from pipeline.cli import main, serve_registry
-from pipeline.fsutil import sha256_file
 from pipeline.release.registry import file_record
 from pipeline.tasks import BuildAll
 
