@@ -196,18 +196,41 @@ class DataSpec(_Strict):
         return v
 
 
-class Budget(_Strict):
-    """Accuracy budget against the native model. At least one bound."""
+class OutputBudget(_Strict):
+    """Bounds for one output, instead of the budget's own for it (e.g. boxes in pixels, scores in [0, 1])."""
 
-    min_top1_agreement: float | None = Field(None, ge=0, le=1)
-    max_accuracy_drop: float | None = Field(None, ge=0, le=1)  # labelled accuracy, fraction (0.01 = 1 point)
+    min_top1_agreement: float | None = Field(None, ge=0, le=1)  # logits / probabilities: per position
+    max_accuracy_drop: float | None = Field(None, ge=0, le=1)   # labelled accuracy, fraction (0.01 = 1 point)
     max_abs_error: float | None = Field(None, gt=0)
+    max_rel_error: float | None = Field(None, gt=0)             # max abs error / the output's largest magnitude
+    min_cosine: float | None = Field(None, ge=-1, le=1)         # embeddings: per sample
+
+
+class Budget(OutputBudget):
+    """Accuracy budget against the reference. At least one bound. Each bound applies to every output it means
+    something for: top-1 agreement to logits/probabilities (a single logit is judged by its sign, a sequence per
+    position), cosine to embeddings, errors to every output; `outputs` sets one output's bounds by name, in place
+    of the model's."""
+
+    outputs: dict[str, OutputBudget] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _some(self):
-        if all(v is None for v in (self.min_top1_agreement, self.max_accuracy_drop, self.max_abs_error)):
-            raise ValueError("set at least one of min_top1_agreement, max_accuracy_drop, max_abs_error")
+        if not self.bounds():
+            raise ValueError("set at least one of min_top1_agreement, max_accuracy_drop, max_abs_error, "
+                             "max_rel_error, min_cosine (for the model or for an output under `outputs`)")
         return self
+
+    def bounds(self) -> set[str]:
+        """The bounds set anywhere in the budget."""
+        own = {k for k in OutputBudget.model_fields if getattr(self, k) is not None}
+        return own | {k for b in self.outputs.values() for k in OutputBudget.model_fields if getattr(b, k) is not None}
+
+    def for_output(self, name: str) -> dict:
+        """The bounds that apply to output `name`: its own entry under `outputs` when it has one (instead of the
+        model's: pixels and probabilities do not share a scale), else the model's."""
+        source = self.outputs.get(name, self)
+        return {k: getattr(source, k) for k in OutputBudget.model_fields}
 
 
 class NetworkProfile(_Strict):
@@ -290,6 +313,14 @@ class Recipe(_Strict):
     measure: dict[str, Measure] = Field(default_factory=_default_measure)
     selection: Selection = Selection()
     release: Release = Release()
+
+    @model_validator(mode="after")
+    def _budget_outputs(self):
+        unknown = sorted(set(self.budget.outputs) - {o.name for o in self.outputs})
+        if unknown:
+            raise ValueError(f"budget.outputs names {unknown}, which are not outputs of this recipe "
+                             f"({[o.name for o in self.outputs]})")
+        return self
 
     @field_validator("targets")
     @classmethod

@@ -27,8 +27,9 @@ def measure_in_browser(recipe, spec, target: str, files: list[Path], inputs: dic
     from browser_validate.harness import MeasureRequest, measure
 
     m = recipe.measure[target]
+    total = len(next(iter(inputs.values())))
     if m.max_eval_samples:
-        idx = eval_subset(len(next(iter(inputs.values()))), m.max_eval_samples)
+        idx = eval_subset(total, m.max_eval_samples)
         inputs, reference = {k: v[idx] for k, v in inputs.items()}, {k: v[idx] for k, v in reference.items()}
         labels = labels[idx] if labels is not None else None
     req = MeasureRequest(runtime=spec.runtime, target=target, model_files=list(files), inputs=inputs,
@@ -51,6 +52,8 @@ def measure_in_browser(recipe, spec, target: str, files: list[Path], inputs: dic
                                details={k: record.get(k) for k in ("env", "console_errors")})
     np.savez(out / OUTPUTS_FILE, **res.outputs)
     acc = compare(res.outputs, reference, recipe.outputs, labels)
+    if acc["samples"] < total:  # a capped evaluation is weaker evidence: the decision says so
+        acc["of_samples"] = total
     cold = {"download_ms": res.download_ms, "session_ms": res.session_ms, "first_inference_ms": res.first_inference_ms}
     if res.network_download and "ms" in res.network_download:
         cold[f"download_ms_{res.network_download['profile']['name']}"] = res.network_download["ms"]

@@ -106,4 +106,7 @@ def select(target: str, candidates: list[Candidate], tie_tolerance: float = 0.02
     noisy = (best.record.get("latency") or {}).get("noisy")
     if noisy:
         reason += f" [timing noisy: {noisy}]"
+    acc = best.record.get("accuracy") or {}
+    if acc.get("of_samples"):
+        reason += f" [accuracy on {acc['samples']} of {acc['of_samples']} samples]"
     return Decision(target, "chosen", best, reason, ranking, rejected)

@@ -115,3 +115,47 @@ def test_capped_evaluation_covers_the_whole_set():
     assert len(idx) == 16 and idx[0] == 0 and idx[-1] == 55
     assert len({i // 7 for i in idx}) == 8  # 8 photos x 7 views: every photo is represented
     assert list(eval_subset(5, 10)) == [0, 1, 2, 3, 4]
+
+
+def test_accuracy_is_judged_per_output_and_by_kind():
+    """A single logit is judged by its sign (an argmax over one value always agrees), a sequence per position,
+    an embedding by cosine, and every output against its own bounds."""
+    from pipeline.recipe import OutputBudget
+
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((40, 1))
+    flipped = ref.copy()
+    flipped[:10] *= -1  # 10 of 40 decisions change
+    m = compare({"y": flipped}, {"y": ref}, [OutputSpec(name="y", kind="logits")], None)
+    assert m["top1_agreement"] == 0.75 and m["outputs"]["y"]["decision"] == "threshold"
+
+    seq = rng.standard_normal((4, 10, 5))  # [N, T, C]
+    changed = seq.copy()
+    for t in range(7):  # 7 of 10 steps of one sequence decide another class
+        changed[0, t] = 0
+        changed[0, t, (seq[0, t].argmax() + 1) % 5] = 10
+    s = compare({"s": changed}, {"s": seq}, [OutputSpec(name="s", kind="logits")], None)["outputs"]["s"]
+    assert s["positions"] == 10 and s["sequence_agreement"] == 0.75 and s["top1_agreement"] == 33 / 40
+
+    emb = rng.standard_normal((6, 16))
+    outs = {"emb": emb * 1.01, "box": np.full((6, 4), 100.0), "p": np.eye(6)[:, :3] + 0.1}
+    refs = {"emb": emb, "box": np.full((6, 4), 101.0), "p": np.eye(6)[:, :3]}
+    specs = [OutputSpec(name="emb", kind="embedding"), OutputSpec(name="box", kind="raw"),
+             OutputSpec(name="p", kind="probabilities")]
+    acc = compare(outs, refs, specs, None)
+    assert acc["outputs"]["emb"]["min_cosine"] > 0.9999 and acc["max_abs_error"] == pytest.approx(1.0)
+    budget = Budget(min_cosine=0.999, max_abs_error=0.2, outputs={"box": OutputBudget(max_rel_error=0.02)})
+    assert budget_violations(acc, budget) == []  # box: 1 px of 101 is within 2 %; emb and p within 0.2
+    v = budget_violations(acc, Budget(max_abs_error=0.2, min_top1_agreement=0.9))
+    assert v == ["box: max abs error 1 > 0.2"]  # named by output; top-1 applies to `p` only
+    assert budget_violations(acc, Budget(min_top1_agreement=0.9, outputs={"p": OutputBudget(min_top1_agreement=1.0)})) \
+        == []
+    assert "cosine similarity not measurable" in budget_violations(compare({"y": ref}, {"y": ref},
+                                                                           [OutputSpec(name="y", kind="raw")], None),
+                                                                   Budget(min_cosine=0.9))[0]
+
+
+def test_capped_accuracy_is_marked_in_the_decision():
+    c = cand("a", median=1.0)
+    c.record = {"accuracy": {"samples": 16, "of_samples": 56}}
+    assert "[accuracy on 16 of 56 samples]" in select("wasm", [c]).reason
