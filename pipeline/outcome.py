@@ -126,9 +126,27 @@ def is_environment_failure(e: BaseException) -> bool:
     return False
 
 
+def describe(e: BaseException, limit: int = 500) -> str:
+    """`Type: message`; for an exception without a message (a bare `AssertionError:`), where it was raised and
+    the failing line instead, so the record still says what went wrong."""
+    msg = str(e).strip()
+    if not msg:
+        frames = traceback.extract_tb(e.__traceback__) if e.__traceback__ else []
+        if frames:
+            f = frames[-1]
+            msg = f"raised without a message at {f.filename.rsplit('/', 1)[-1]}:{f.lineno} in {f.name}" + \
+                  (f": `{f.line.strip()}`" if f.line else "")
+        else:
+            msg = "raised without a message"
+    return f"{type(e).__name__}: {msg}"[:limit]
+
+
+_describe = describe  # conversion_step's `describe` parameter shadows the name
+
+
 def short(e: BaseException) -> str:
-    msg = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {msg[0] if msg else ''}"[:500]
+    """describe(), first line only."""
+    return describe(e).splitlines()[0]
 
 
 def failure_record(e: BaseException, task_stage: str) -> dict:
@@ -165,7 +183,7 @@ def conversion_step(name: str, describe=None):
                     where = describe(*args, **kwargs) if describe else _src_dst(*args, **kwargs)
                 except Exception:  # noqa: BLE001
                     where = ""
-                raise ConversionError(f"{name} failed{where}: {type(e).__name__}: {e}") from e
+                raise ConversionError(f"{name} failed{where}: {_describe(e, 2000)}") from e
 
         return wrapper
 

@@ -153,6 +153,9 @@ class InputSpec(_Strict):
     layout: Literal["NCHW", "NHWC", "NC", "NT", "other"] = "other"
     # What the data loader did to raw data; copied to the registry manifest so a web app can do the same.
     preprocessing: dict[str, Any] = Field(default_factory=dict)
+    # The static shape runtimes that compile for fixed shapes (TVM) are built for. Default: the shape with a
+    # dynamic first (batch) dimension as 1; required when any other dimension is dynamic.
+    compile_shape: list[int] | None = None
 
     @field_validator("shape")
     @classmethod
@@ -161,6 +164,27 @@ class InputSpec(_Strict):
             if isinstance(d, int) and d <= 0:
                 raise ValueError(f"static dimensions must be positive, got {d}")
         return v
+
+    @model_validator(mode="after")
+    def _compile_shape(self):
+        c = self.compile_shape
+        if c is not None:
+            if len(c) != len(self.shape) or any(d <= 0 for d in c):
+                raise ValueError(f"compile_shape {c} must give a positive size for each of the {len(self.shape)} "
+                                 f"dimensions of shape {self.shape}")
+            fixed = [(i, s, d) for i, (s, d) in enumerate(zip(self.shape, c)) if isinstance(s, int) and s != d]
+            if fixed:
+                raise ValueError(f"compile_shape {c} contradicts the fixed dimensions of shape {self.shape} "
+                                 f"(axis {fixed[0][0]}: {fixed[0][1]} vs {fixed[0][2]})")
+        return self
+
+    def static_shape(self) -> list[int] | None:
+        """The compile-time shape (None: a dimension other than the first is dynamic and none was given)."""
+        if self.compile_shape is not None:
+            return list(self.compile_shape)
+        if any(isinstance(d, str) for d in self.shape[1:]):
+            return None
+        return [d if isinstance(d, int) else 1 for d in self.shape]
 
     @property
     def dynamic_axes(self) -> dict[int, str]:

@@ -107,6 +107,10 @@ async function runOnce(feeds) {
       const f = feeds[spec.name];
       if (!f) throw new Error(`tvm: missing input ${spec.name}`);
       if (f.dtype !== spec.dtype) throw new Error(`tvm: input ${spec.name} is ${f.dtype}, compiled for ${spec.dtype}`);
+      if (f.dims.length !== spec.shape.length || f.dims.some((d, k) => d !== spec.shape[k])) {
+        throw new Error(`tvm: input ${spec.name} has shape [${f.dims}], the module was compiled for [${spec.shape}] `
+          + '(TVM modules have static shapes: the recipe\'s compile_shape sets them)');
+      }
       const t = inst.empty(spec.shape, spec.dtype, dev);
       t.copyFromRawBytes(bytesOf(f.data));
       return t;

@@ -330,3 +330,27 @@ def test_dynamic_batch_reshape_is_folded_for_static_compile(tmp_path):
     got = tvmc.tvm_outputs(src, {"input": x})
     ref = ort_run(src, {"input": x})["logits"]
     assert np.abs(next(iter(got.values())) - ref).max() < 1e-5
+
+
+@pytest.mark.browser
+def test_inputs_of_another_shape_are_refused_clearly(models, runtime_dir, tmp_path):
+    """A module compiled for 16x16 fed 8x8 samples: the error says so (it used to be "Expect the data's length
+    equals nbytes=…"), and a recipe input with dynamic spatial dims and no compile_shape is not built at all."""
+    from pipeline.families.tvm import static_shapes
+    from pipeline.outcome import NotApplicable
+
+    model, _ = models["cnn"]
+    files = tvmc.compile_onnx(model, tmp_path / "out", target="wasm", runtime_dir=runtime_dir,
+                              input_shapes={"input": [1, 3, 16, 16]}, link_opt=FAST_LINK)
+    small = {"input": np.zeros((2, 3, 8, 8), np.float32)}
+    res = _measure(files, "wasm", small)
+    assert res.status == "failed" and "compiled for [1,3,16,16]" in res.error and "compile_shape" in res.error
+
+    from pipeline.recipe import InputSpec
+
+    dynamic = InputSpec(name="input", shape=["batch", 3, "h", "w"])
+    with pytest.raises(NotApplicable, match=r"dynamic dimension\(s\) \['h', 'w'\].*compile_shape"):
+        static_shapes(BuildInputs(canonical_onnx=model, recipe=SimpleNamespace(inputs=[dynamic])))
+    fixed = InputSpec(name="input", shape=["batch", 3, "h", "w"], compile_shape=[1, 3, 32, 100])
+    assert static_shapes(BuildInputs(canonical_onnx=model, recipe=SimpleNamespace(inputs=[fixed]))) == \
+        {"input": [1, 3, 32, 100]}

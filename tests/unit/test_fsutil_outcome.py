@@ -115,3 +115,16 @@ def test_conversion_step_names_the_step_and_files(tmp_path):
 
     with pytest.raises(ConversionError, match=r"squash failed \(a -> b\): KeyError"):
         squash("a", "b")
+
+
+def test_an_exception_without_a_message_still_says_where():
+    def check(x):
+        if x <= 1:
+            raise AssertionError  # like a library's bare `assert` (pytest rewrites the ones in tests)
+
+    try:
+        check(0)
+    except AssertionError as e:
+        r = failure_record(e, "convert")
+    assert r["error"].startswith("AssertionError: raised without a message at test_fsutil_outcome.py:")
+    assert "in check: `raise AssertionError" in r["error"]

@@ -84,6 +84,9 @@ def test_good_recipe_defaults(tmp_path):
      "cannot be called as models:samples(out_path=...)"),
     (("data", "eval"), {"function": "models:samples", "args": {"n": 4, "colour": True}}, "data.eval",
      "does not take the arguments"),
+    (("inputs", 0, "compile_shape"), [1, 3, 8], "inputs.0", "must give a positive size for each of the 4"),
+    (("inputs", 0, "compile_shape"), [1, 3, 9, 8], "inputs.0", "contradicts the fixed dimensions"),
+    (("budget", "outputs"), {"scores": {"max_abs_error": 1}}, "<top>", "budget.outputs names ['scores']"),
 ])
 def test_bad_field_named(tmp_path, path, value, field, words):
     p = write(tmp_path, with_(path, value))

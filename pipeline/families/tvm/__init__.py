@@ -12,7 +12,7 @@ from pipeline.families.tvm.compile import compile_onnx
 from pipeline.families.tvm.runtime_build import RUNTIME_MANIFEST, build_web_runtime, headers_hash, tvm_version
 from pipeline.fsutil import write_json_atomic
 from pipeline.onnx_utils import graph_inputs
-from pipeline.outcome import ConversionError
+from pipeline.outcome import ConversionError, NotApplicable
 
 
 def _runtime_prereq_build(inputs: BuildInputs, out_dir: Path) -> dict:
@@ -25,9 +25,20 @@ def _runtime_prereq_build(inputs: BuildInputs, out_dir: Path) -> dict:
 
 
 def static_shapes(inputs: BuildInputs) -> dict[str, list[int]]:
-    """The recipe's input shapes (else the canonical model's) with dynamic dims set to 1: compiled for batch 1."""
+    """The shapes the module is compiled for: the recipe's (`compile_shape`, else a dynamic batch as 1), else the
+    canonical model's with dynamic dims as 1. A recipe input with other dynamic dimensions and no compile_shape
+    is not compiled at all: a module for size 1 would only fail at run time, saying nothing useful."""
     if inputs.recipe is not None:
-        return {i.name: [d if isinstance(d, int) else 1 for d in i.shape] for i in inputs.recipe.inputs}
+        shapes = {}
+        for i in inputs.recipe.inputs:
+            shape = i.static_shape()
+            if shape is None:
+                dyn = [d for d in i.shape[1:] if isinstance(d, str)]
+                raise NotApplicable(f"tvm: input {i.name!r} has dynamic dimension(s) {dyn} (shape {i.shape}); TVM "
+                                    "compiles for static shapes: give the size to build for as "
+                                    f"inputs[{i.name}].compile_shape in the recipe")
+            shapes[i.name] = shape
+        return shapes
     import onnx
 
     m = onnx.load(str(inputs.canonical_onnx), load_external_data=False)

@@ -24,7 +24,7 @@ from pipeline.families.tvm.runtime_build import DEFAULT_LINK_OPT, link_with_runt
 from pipeline.families.tvm.schedules import gpu_schedule
 from pipeline.fsutil import atomic_dir
 from pipeline.onnx_utils import STANDARD_DOMAINS, graph_inputs, op_name, walk_graphs
-from pipeline.outcome import ConversionError, UnsupportedOp
+from pipeline.outcome import ConversionError, UnsupportedOp, describe
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def import_relax(onnx_path: Path, input_shapes: dict[str, list[int]], keep_param
     except tvm.error.OpNotImplemented as e:
         raise UnsupportedOp(FRONTEND, [str(e).rsplit(":", 1)[-1].strip()], f"model {onnx_path}") from e
     except Exception as e:
-        raise ConversionError(f"{FRONTEND} failed on {onnx_path}: {type(e).__name__}: {str(e)[:500]}") from e
+        raise ConversionError(f"{FRONTEND} failed on {onnx_path}: {describe(e)}") from e
     params = []
     if keep_params:
         from tvm import relax
@@ -193,7 +193,7 @@ def lower(mod, tgt, target: str):
     try:
         return tvm.compile(mod, tgt)
     except Exception as e:
-        raise ConversionError(f"TVM compile for {target} failed: {type(e).__name__}: {str(e)[:800]}") from e
+        raise ConversionError(f"TVM compile for {target} failed: {describe(e, 800)}") from e
 
 
 def package(ex, model, input_shapes: dict[str, list[int]], out_dir: Path, *, target: str, runtime_dir: Path,
@@ -215,7 +215,7 @@ def package(ex, model, input_shapes: dict[str, list[int]], out_dir: Path, *, tar
         except ConversionError:
             raise
         except Exception as e:
-            raise ConversionError(f"packaging for the web failed: {type(e).__name__}: {str(e)[:800]}") from e
+            raise ConversionError(f"packaging for the web failed: {describe(e, 800)}") from e
         for leftover in stage.iterdir():  # export_library's intermediate objects are not ours to ship
             if leftover.name != MODEL_FILE:
                 leftover.unlink()
