@@ -120,7 +120,7 @@ def select_and_publish(recipe, build_key: str, candidates: list[Candidate], nati
              "inputs": [i.model_dump(mode="json") for i in recipe.inputs],
              "outputs": [output_entry(o) for o in recipe.outputs], "targets": targets}
     report = {"model": recipe.name, "version": recipe.version, "build_key": build_key,
-              "canonical_onnx": {k: canonical.get(k) for k in ("status", "error", "bytes", "ops")},
+              "canonical_onnx": {k: canonical.get(k) for k in ("status", "error", "bytes", "ops", "verified_on", "notes")},
               "decisions": [{"target": d.target, "status": d.status, "reason": d.reason,
                              "chosen": d.chosen.variant if d.chosen else None,
                              "ranking": [c.variant for c in d.ranking]} for d in decisions],

@@ -15,7 +15,7 @@ import numpy as np
 
 from pipeline.fsutil import sha256_file
 from pipeline.onnx_utils import graph_inputs, graph_ops
-from pipeline.outcome import ConversionError
+from pipeline.outcome import ConversionError, describe
 
 log = logging.getLogger("luigi-interface")
 
@@ -28,6 +28,9 @@ class SourceKind:
     trained_file: str | None                     # the file name a trainer writes (None: no trainers)
     to_onnx: Callable[[Any, Path, dict[str, np.ndarray], Path], None]      # (recipe, file, example, dst)
     outputs: Callable[[Any, Path, dict[str, np.ndarray]], dict[str, np.ndarray]]  # (recipe, file, inputs)
+    # A plainer conversion to fall back on when to_onnx's result does not match the source (e.g. ONNX files:
+    # without the recipe's input shapes applied). None: no fallback.
+    to_onnx_plain: Callable[[Any, Path, dict[str, np.ndarray], Path], None] | None = None
 
 
 # The modules import torch / TensorFlow only inside their functions: this table is cheap to import.
@@ -52,12 +55,52 @@ def locate_or_train(recipe, out: Path) -> dict:
     return {"path": str(path), "sha256": sha256_file(path)}
 
 
+# The canonical model is checked against the source framework on this many evaluation samples (evenly spaced).
+VERIFY_SAMPLES = 8
+
+
+def _mismatch(recipe, kind: SourceKind, source_file: Path, dst: Path, inputs: dict[str, np.ndarray]) -> str | None:
+    """Why the ONNX model at `dst` does not compute what the source does on real samples (None: it does)."""
+    from pipeline.evaluate.native import ort_outputs
+    from pipeline.evaluate.samples import eval_subset
+
+    idx = eval_subset(len(next(iter(inputs.values()))), VERIFY_SAMPLES)
+    sub = {k: v[idx] for k, v in inputs.items()}
+    try:
+        got = ort_outputs(dst, sub, recipe.data.eval_batch)
+    except Exception as e:  # noqa: BLE001 - a model that does not run is the answer
+        return f"it does not run in onnxruntime ({describe(e)})"
+    want = kind.outputs(recipe, source_file, sub)
+    for name, ref in want.items():
+        g = np.asarray(got.get(name))
+        if g.shape != np.asarray(ref).shape:
+            return f"output {name} has shape {g.shape}, {kind.framework} gives {np.asarray(ref).shape}"
+        scale = max(float(np.abs(ref).max()), 1.0)
+        err = float(np.abs(g.astype(np.float64) - ref).max()) if ref.size else 0.0
+        if not err <= 1e-3 * scale:
+            return f"output {name} differs from {kind.framework} by up to {err:.3g} on the evaluation samples"
+    return None
+
+
 def canonical_onnx(recipe, source_file: Path, inputs: dict[str, np.ndarray], dst: Path) -> dict:
-    """The model as checked ONNX with shapes inferred, named as the recipe says: the root of every variant."""
+    """The model as checked ONNX with shapes inferred, named as the recipe says: the root of every variant. It must
+    compute what the source computes on real evaluation samples; where a transformation (e.g. fixing input shapes)
+    breaks that and a plainer one does not, the plainer one is kept and the reason recorded."""
     import onnx as onnx_lib
 
+    kind = SOURCES[recipe.source.kind]
     example = {k: v[:1] for k, v in inputs.items()}
-    SOURCES[recipe.source.kind].to_onnx(recipe, source_file, example, dst)
+    notes = []
+    kind.to_onnx(recipe, source_file, example, dst)
+    problem = _mismatch(recipe, kind, source_file, dst, inputs)
+    if problem and kind.to_onnx_plain is not None:
+        kind.to_onnx_plain(recipe, source_file, example, dst)
+        plain_problem = _mismatch(recipe, kind, source_file, dst, inputs)
+        if plain_problem is None:
+            notes.append(f"the recipe's input shapes were not applied: with them {problem}")
+            problem = None
+    if problem:
+        raise ConversionError(f"the canonical ONNX model does not match the source: {problem}")
     m = onnx_lib.load(str(dst), load_external_data=False)
     names_in = [i.name for i in graph_inputs(m)]
     names_out = [o.name for o in m.graph.output]
@@ -65,7 +108,8 @@ def canonical_onnx(recipe, source_file: Path, inputs: dict[str, np.ndarray], dst
     if names_in != want_in or names_out != want_out:
         raise ConversionError(f"model has inputs {names_in} / outputs {names_out}, "
                               f"recipe declares {want_in} / {want_out}")
-    return {"file": dst.name, "bytes": dst.stat().st_size, "sha256": sha256_file(dst), "ops": sorted(graph_ops(m))}
+    return {"file": dst.name, "bytes": dst.stat().st_size, "sha256": sha256_file(dst), "ops": sorted(graph_ops(m)),
+            "verified_on": min(VERIFY_SAMPLES, len(next(iter(inputs.values())))), "notes": notes}
 
 
 def reference_outputs(recipe, source_file: Path, inputs: dict[str, np.ndarray]) -> tuple[str, dict[str, np.ndarray]]:

@@ -56,5 +56,9 @@ def outputs(recipe, source_file: Path, inputs: dict[str, np.ndarray]) -> dict[st
     return ort_outputs(source_file, inputs, recipe.data.eval_batch)
 
 
+def to_onnx_plain(recipe, source_file: Path, example: dict[str, np.ndarray], dst: Path) -> None:
+    check_and_infer(source_file, dst)
+
+
 SOURCE = SourceKind(kind="onnx", framework="onnxruntime", file_ref=lambda source: source, trained_file=None,
-                    to_onnx=to_onnx, outputs=outputs)
+                    to_onnx=to_onnx, outputs=outputs, to_onnx_plain=to_onnx_plain)

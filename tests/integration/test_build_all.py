@@ -122,6 +122,8 @@ def test_build_all_end_to_end(tmp_path, extra_variants, capsys):
         assert e["required_features"] == (["webgpu"] if t == "webgpu" else ["wasm", "wasm-simd"])
 
     report = json.loads((art / "registry" / index["models"]["tiny"]["versions"]["0.1"]["report"]["path"]).read_text())
+    # The canonical model was checked against PyTorch on real evaluation samples, every transformation kept.
+    assert report["canonical_onnx"]["verified_on"] == 8 and report["canonical_onnx"]["notes"] == []
     rows = {(r["variant"], r["target"]): r for r in report["candidates"]}
     corrupt = rows[("corrupt_weights", "wasm")]
     assert corrupt["status"] == "ok" and not corrupt["eligible"]
