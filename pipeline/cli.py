@@ -143,7 +143,7 @@ def diff(ctx, model: str, a: str, b: str, as_json: bool):
             continue
         ch = r["change"]
         mark = "" if ch is None or ch == 0 else (" (better)" if (ch < 0) == (r["better"] == "lower") else " (worse)")
-        change = "–" if ch is None else f"{ch:+.1%}{mark}"
+        change = "–" if ch is None else (f"×{1 + ch:.3g}{mark}" if abs(ch) >= 10 else f"{ch:+.1%}{mark}")
         click.echo(f"  {'':<7} {r['label']:<18} {gates.fmt(r['a'], r['unit']):>16} {gates.fmt(r['b'], r['unit']):>16}"
                    f"  {change}")
 
