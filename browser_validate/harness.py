@@ -62,7 +62,7 @@ class MeasureRequest:
     runtime: str
     target: str  # wasm | webgpu | webgl: what the visitor's browser offers
     model_files: list[Path]
-    inputs: dict[str, np.ndarray]
+    inputs: dict[str, np.ndarray]  # stacked samples [N, ...one sample]
     eval_batch: int = 1
     warmup: int = 3
     runs: int = 20
@@ -80,6 +80,10 @@ class MeasureRequest:
     # Test hook: the page busy-loops synchronously when it reaches this stage
     # (import/probe/inputs/download/session/first/eval/warmup/timing).
     debug_hang_stage: str | None = None
+    # Where each input's / output's batch lies when it is not first; None: no batch axis (the model takes one
+    # sample per call: eval_batch must be 1). Names not listed have their batch first.
+    input_batch_axes: dict[str, int | None] = field(default_factory=dict)
+    output_batch_axes: dict[str, int | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -145,7 +149,7 @@ def _measure(req: MeasureRequest, on_stage=None) -> MeasureResult:
     _remove_stale_job_dirs_once()
     with tempfile.TemporaryDirectory(prefix=job_dir_prefix()) as tmp:
         try:
-            write_job(Path(tmp), req.model_files, req.inputs)
+            write_job(Path(tmp), req.model_files, req.inputs, req.input_batch_axes)
         except (OSError, ValueError) as e:
             return MeasureResult(status="failed", error=f"inputs: {e}")
         server.mount(prefix, tmp)
@@ -277,7 +281,7 @@ def _run_page(req: MeasureRequest, origin: str, job_prefix: str, on_stage=None) 
         if result.baseline_memory_bytes is not None and peak:
             result.peak_memory_bytes = max(0, peak - result.baseline_memory_bytes)
         if result.status == "ok":
-            result.outputs = decode_outputs(r["eval_outputs"])
+            result.outputs = decode_outputs(r["eval_outputs"], req.output_batch_axes)
             if req.target == "webgpu" and console_errors:
                 result.status = "failed"
                 result.error = f"console validation error: {console_errors[0][:300]}"

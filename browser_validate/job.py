@@ -46,8 +46,10 @@ SUPPORTED_DTYPES = {"float32", "float64", "float16", "int8", "uint8", "bool", "i
                     "int32", "uint32", "int64", "uint64"}
 
 
-def write_job(job_dir: Path, model_files: list[Path], inputs: dict[str, np.ndarray]) -> None:
-    """Model files + inputs as raw little-endian binaries and a manifest the page reads."""
+def write_job(job_dir: Path, model_files: list[Path], inputs: dict[str, np.ndarray],
+              batch_axes: dict[str, int | None] | None = None) -> None:
+    """Model files + inputs (stacked [N, ...one sample]) as raw little-endian binaries and a manifest the page
+    reads, with where each input's batch goes (`batch_axis`; null: none, one sample per call)."""
     names = [Path(f).name for f in model_files]
     if len(set(names)) != len(names):
         raise ValueError(f"model files must have distinct names: {names}")
@@ -75,17 +77,22 @@ def write_job(job_dir: Path, model_files: list[Path], inputs: dict[str, np.ndarr
         fname = f"inputs/{i}.bin"
         (job_dir / "inputs").mkdir(exist_ok=True)
         np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tofile(job_dir / fname)
-        input_entries.append({"name": name, "dtype": dtype, "shape": list(arr.shape), "file": fname})
+        input_entries.append({"name": name, "dtype": dtype, "shape": list(arr.shape), "file": fname,
+                              "batch_axis": (batch_axes or {}).get(name, 0)})
     manifest = {"model_files": entries, "inputs": input_entries, "num_samples": next(iter(counts.values()))}
     (job_dir / "manifest.json").write_text(json.dumps(manifest))
 
 
-def decode_outputs(chunks: list[dict]) -> dict[str, np.ndarray]:
-    """The page's eval outputs (per batch: {name: {dtype, dims, b64}}) concatenated per name on axis 0."""
+def decode_outputs(chunks: list[dict], batch_axes: dict[str, int | None] | None = None) -> dict[str, np.ndarray]:
+    """The page's eval outputs (per batch: {name: {dtype, dims, b64}}) as stacked samples [N, ...] per name: each
+    batch's output has its batch moved first (`batch_axes`; null: no batch axis, one sample), then concatenated."""
     per_name: dict[str, list[np.ndarray]] = {}
     for chunk in chunks:
         for name, t in chunk.items():
             dtype = np.dtype("bool" if t["dtype"] == "bool" else t["dtype"]).newbyteorder("<")
             arr = np.frombuffer(base64.b64decode(t["b64"]), dtype=dtype).reshape(t["dims"])
-            per_name.setdefault(name, []).append(arr.astype(arr.dtype.newbyteorder("=")))
+            arr = arr.astype(arr.dtype.newbyteorder("="))
+            axis = (batch_axes or {}).get(name, 0)
+            arr = arr[None] if axis is None else np.moveaxis(arr, axis, 0)
+            per_name.setdefault(name, []).append(arr)
     return {k: np.concatenate(v, axis=0) for k, v in per_name.items()}

@@ -145,11 +145,27 @@ class KerasSource(Weights):
 Source = Annotated[Union[PytorchSource, OnnxSource, KerasSource], Field(discriminator="kind")]
 
 
+DTYPES = Literal["float32", "float16", "int64", "int32", "int8", "uint8", "bool"]
+
+
+def _default_batch_axis(data):
+    """Before validation: an input or output whose first dimension is dynamic has its batch there, unless the
+    recipe says otherwise (`batch_axis: null`: none; `batch_axis: 1`: an RNN state [layers, batch, hidden])."""
+    if isinstance(data, dict) and "batch_axis" not in data:
+        shape = data.get("shape")
+        data = {**data, "batch_axis": 0 if shape is None or (shape and isinstance(shape[0], str)) else None}
+    return data
+
+
 class InputSpec(_Strict):
     name: str
-    # Per-sample shape as exported; strings name dynamic axes (e.g. "batch").
-    shape: list[int | str] = Field(min_length=1)
-    dtype: Literal["float32", "int32", "int64"] = "float32"
+    # Shape as the model takes it, batch included; strings name dynamic axes (e.g. "batch"); [] for a scalar.
+    shape: list[int | str]
+    dtype: DTYPES = "float32"
+    # Where the batch is (see _default_batch_axis); null: no batch axis, the model takes one sample per call.
+    batch_axis: int | None = 0
+    # A constant the recipe fixes (e.g. a sample rate): fed with every sample, not given by the data loader.
+    value: Any = None
     layout: Literal["NCHW", "NHWC", "NC", "NT", "other"] = "other"
     # What the data loader did to raw data; copied to the registry manifest so a web app can do the same.
     preprocessing: dict[str, Any] = Field(default_factory=dict)
@@ -165,6 +181,31 @@ class InputSpec(_Strict):
                 raise ValueError(f"static dimensions must be positive, got {d}")
         return v
 
+    _batch_default = model_validator(mode="before")(_default_batch_axis)
+
+    @model_validator(mode="after")
+    def _batch_axis_in_shape(self):
+        if self.batch_axis is not None and not 0 <= self.batch_axis < len(self.shape):
+            raise ValueError(f"batch_axis {self.batch_axis} is not an axis of shape {self.shape}")
+        if self.value is not None:
+            import numpy as np
+
+            try:
+                np.broadcast_to(np.asarray(self.value, dtype=self.dtype), self.sample_shape(fill=1))
+            except (ValueError, TypeError) as e:
+                raise ValueError(f"value does not fit shape {self.shape} as {self.dtype}: {e}") from None
+        return self
+
+    def sample_shape(self, fill: int | None = None) -> list:
+        """One sample's shape: the shape without its batch axis (dynamic dims as `fill` when given)."""
+        dims = [d for k, d in enumerate(self.shape) if k != self.batch_axis]
+        return [fill if fill is not None and isinstance(d, str) else d for d in dims]
+
+    @property
+    def batchable(self) -> bool:
+        """Several samples can be fed at once, by slicing: the batch is first and of dynamic size."""
+        return self.batch_axis == 0 and isinstance(self.shape[0], str)
+
     @model_validator(mode="after")
     def _compile_shape(self):
         c = self.compile_shape
@@ -179,10 +220,10 @@ class InputSpec(_Strict):
         return self
 
     def static_shape(self) -> list[int] | None:
-        """The compile-time shape (None: a dimension other than the first is dynamic and none was given)."""
+        """The compile-time shape (None: a dimension besides the batch is dynamic and none was given)."""
         if self.compile_shape is not None:
             return list(self.compile_shape)
-        if any(isinstance(d, str) for d in self.shape[1:]):
+        if any(isinstance(d, str) for k, d in enumerate(self.shape) if k != self.batch_axis):
             return None
         return [d if isinstance(d, int) else 1 for d in self.shape]
 
@@ -195,6 +236,8 @@ class OutputSpec(_Strict):
     name: str
     # logits: argmax is the prediction (top-1 agreement and labelled accuracy apply)
     kind: Literal["logits", "probabilities", "embedding", "raw"] = "raw"
+    # Where the batch is in this output (first by default); null: none (one sample per call).
+    batch_axis: int | None = 0
     # A function returning the class names along the last axis, in order: published with the model (a JSON file
     # the index names) so an app can show them.
     labels: CallableRef | None = None
@@ -337,6 +380,17 @@ class Recipe(_Strict):
     measure: dict[str, Measure] = Field(default_factory=_default_measure)
     selection: Selection = Selection()
     release: Release = Release()
+
+    @model_validator(mode="after")
+    def _one_sample_at_a_time(self):
+        """Several samples per call only when every input batches by slicing (batch first, dynamic) and every
+        output has its batch first; otherwise the model is evaluated one sample at a time."""
+        why = [f"input {i.name} ({'no batch axis' if i.batch_axis is None else f'batch on axis {i.batch_axis}' if i.batch_axis else 'a fixed batch'})"
+               for i in self.inputs if not i.batchable]
+        why += [f"output {o.name} (batch on axis {o.batch_axis})" for o in self.outputs if o.batch_axis != 0]
+        if why and self.data.eval_batch != 1:
+            raise ValueError(f"data.eval_batch must be 1 for this model: {', '.join(why)}")
+        return self
 
     @model_validator(mode="after")
     def _budget_outputs(self):

@@ -238,3 +238,54 @@ def tiny_recipe(name: str, version: str, **fields) -> dict:
             "targets": ["wasm"], "variants": ["fp32"],
             "measure": {"wasm": {"runs": 3, "warmup": 1, "qoe_modes": []}},
             **fields}
+
+
+# ------------------------------------------------------------------------------------------------ real-shaped
+
+
+def StatefulCell():  # noqa: N802
+    """A recurrent-style step: inputs x [batch, 4], state [2, batch, 3] (batch on axis 1), gain [] (a scalar the
+    recipe fixes); outputs y [batch, 3] and the next state [2, batch, 3]."""
+    torch = _torch()
+    nn = torch.nn
+
+    class _Cell(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x, state, gain):
+            y = self.fc(x) * gain + state.sum(0)
+            return y, torch.tanh(state + y.unsqueeze(0))
+
+    return _Cell().eval()
+
+
+def train_cell(out_path, seed: int = 0) -> dict:
+    torch = _torch()
+    torch.manual_seed(seed)
+    torch.save(StatefulCell().state_dict(), out_path)
+    return {"seed": seed}
+
+
+def cell_samples(n: int = 6, seed: int = 2) -> EvalSet:
+    """Samples stacked on a leading axis, one sample's shape each: x [4], state [2, 3] (gain is the recipe's)."""
+    rng = np.random.default_rng(seed)
+    return EvalSet(inputs={"x": rng.standard_normal((n, 4)).astype(np.float32),
+                           "state": rng.standard_normal((n, 2, 3)).astype(np.float32)},
+                   labels=None, ids=[f"c{i}" for i in range(n)])
+
+
+def cell_recipe(**fields) -> dict:
+    return {"name": "cell", "version": "1",
+            "source": {"kind": "pytorch", "module": {"function": "models:StatefulCell"},
+                       "weights": {"trainer": {"function": "models:train_cell"}}},
+            "inputs": [{"name": "x", "shape": ["batch", 4]},
+                       {"name": "state", "shape": [2, "batch", 3], "batch_axis": 1},
+                       {"name": "gain", "shape": [], "value": 2.0}],
+            "outputs": [{"name": "y"}, {"name": "state_out", "batch_axis": 1}],
+            "data": {"eval": {"function": "models:cell_samples"}, "eval_batch": 1},
+            "budget": {"max_abs_error": 1e-4},
+            "targets": ["wasm"], "variants": ["fp32"],
+            "measure": {"wasm": {"runs": 3, "warmup": 1, "qoe_modes": []}},
+            **fields}

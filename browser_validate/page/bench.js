@@ -28,13 +28,16 @@ async function fetchBuffer(url) {
 }
 
 // Rows [start, start+count) of a stacked input, copied so each tensor owns its buffer.
+// Samples [start, start+count) of a stacked input ([N, ...one sample]), shaped as the model takes them: the
+// count goes where the input's batch axis is (none: one sample, no batch axis). Only a first batch axis can hold
+// several samples without moving data; the pipeline evaluates other models one sample at a time.
 function sliceRows(input, start, count) {
-  const per = input.shape.slice(1).reduce((a, b) => a * b, 1);
-  return {
-    data: input.array.slice(start * per, (start + count) * per),
-    dims: [count, ...input.shape.slice(1)],
-    dtype: input.dtype,
-  };
+  const sample = input.shape.slice(1);
+  const per = sample.reduce((a, b) => a * b, 1);
+  const axis = input.batch_axis === undefined ? 0 : input.batch_axis;
+  if (axis !== 0 && count !== 1) throw new Error(`input ${input.name}: batch axis ${axis} takes one sample at a time`);
+  const dims = axis === null ? sample : [...sample.slice(0, axis), count, ...sample.slice(axis)];
+  return {data: input.array.slice(start * per, (start + count) * per), dims, dtype: input.dtype};
 }
 
 function feedsFor(inputs, start, count) {

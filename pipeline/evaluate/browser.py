@@ -36,7 +36,9 @@ def measure_in_browser(recipe, spec, target: str, files: list[Path], inputs: dic
                          eval_batch=recipe.data.eval_batch, warmup=m.warmup, runs=m.runs, threads=m.threads,
                          timeout_s=m.timeout_s, qoe_modes=list(m.qoe_modes), qoe_duration_ms=m.qoe_duration_ms,
                          network_profile=m.network_profile.model_dump() if m.network_profile else None,
-                         required_features=list(spec.required_features.get(target, ())))
+                         required_features=list(spec.required_features.get(target, ())),
+                         input_batch_axes={i.name: i.batch_axis for i in recipe.inputs},
+                         output_batch_axes={o.name: o.batch_axis for o in recipe.outputs})
     log.info("%s: measuring %s on %s in Chromium", recipe.name, spec.name, target)
 
     def on_stage(stage: str) -> None:

@@ -7,26 +7,19 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.evaluate.batching import LEADING, BatchAxes, batches, concat
 from pipeline.onnx_utils import ort_session
 
 NATIVE_RUNS = 30
 NATIVE_WARMUP = 5
 
 
-def batches(inputs: dict[str, np.ndarray], batch: int):
-    n = len(next(iter(inputs.values())))
-    for i in range(0, n, batch):
-        yield {k: v[i:i + batch] for k, v in inputs.items()}
-
-
-def concat(chunks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
-
-
-def ort_outputs(path: Path, inputs: dict[str, np.ndarray], batch: int, threads: int = 1) -> dict[str, np.ndarray]:
+def ort_outputs(path: Path, inputs: dict[str, np.ndarray], batch: int, threads: int = 1,
+                axes: BatchAxes = LEADING) -> dict[str, np.ndarray]:
+    """The model on stacked samples, `batch` at a time; outputs stacked the same way."""
     sess = ort_session(path, threads)
     names = [o.name for o in sess.get_outputs()]
-    return concat([dict(zip(names, sess.run(None, b))) for b in batches(inputs, batch)])
+    return concat([dict(zip(names, sess.run(None, b))) for b in batches(inputs, batch, axes)], axes)
 
 
 def ort_latency(path: Path, sample: dict[str, np.ndarray], warmup: int, runs: int, threads: int = 1) -> dict:
@@ -55,8 +48,9 @@ def native_run(recipe, model: Path, inputs: dict[str, np.ndarray], labels, refer
 
     res = {"threads": 1, "measured": measured}
     if reference is not None:
-        res["accuracy"] = compare(ort_outputs(model, inputs, recipe.data.eval_batch), reference, recipe.outputs,
-                                  labels)
-    lat = ort_latency(model, {k: v[:1] for k, v in inputs.items()}, warmup=NATIVE_WARMUP, runs=NATIVE_RUNS)
+        res["accuracy"] = compare(ort_outputs(model, inputs, recipe.data.eval_batch, axes=BatchAxes.of(recipe)),
+                                  reference, recipe.outputs, labels)
+    one = next(batches({k: v[:1] for k, v in inputs.items()}, 1, BatchAxes.of(recipe)))
+    lat = ort_latency(model, one, warmup=NATIVE_WARMUP, runs=NATIVE_RUNS)
     return {**res, "latency_ms": latency_stats(lat["latency_ms"]), "latency_runs": lat["latency_ms"],
             "session_ms": lat["session_ms"], "first_inference_ms": lat["first_inference_ms"]}

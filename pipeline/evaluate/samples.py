@@ -12,9 +12,11 @@ SAMPLES_FILE = "data.npz"
 
 
 def check_samples(recipe, inputs: dict[str, np.ndarray]) -> None:
-    want = {i.name: i for i in recipe.inputs}
+    """The loader's samples, stacked [N, ...one sample], against the recipe's inputs (constants excluded)."""
+    want = {i.name: i for i in recipe.inputs if i.value is None}
     if set(inputs) != set(want):
-        raise DataError(f"loader gave inputs {sorted(inputs)}, recipe declares {sorted(want)}")
+        raise DataError(f"loader gave inputs {sorted(inputs)}, recipe declares {sorted(want)} "
+                        "(inputs with a `value` are filled in by the pipeline)")
     counts = {len(v) for v in inputs.values()}
     if len(counts) != 1 or 0 in counts:
         raise DataError(f"inputs must hold the same, non-zero number of samples (got {counts})")
@@ -22,22 +24,36 @@ def check_samples(recipe, inputs: dict[str, np.ndarray]) -> None:
         spec = want[name]
         if str(arr.dtype) != spec.dtype:
             raise DataError(f"input {name!r} has dtype {arr.dtype}, recipe says {spec.dtype}")
-        dims = list(arr.shape[1:])
-        if len(dims) != len(spec.shape) - 1 or any(
-                isinstance(s, int) and s != d for s, d in zip(spec.shape[1:], dims)):
-            raise DataError(f"input {name!r} samples have shape {dims}, recipe says {spec.shape[1:]}")
+        dims, expected = list(arr.shape[1:]), spec.sample_shape()
+        if len(dims) != len(expected) or any(isinstance(s, int) and s != d for s, d in zip(expected, dims)):
+            raise DataError(f"input {name!r} samples have shape {dims}, recipe says {expected} per sample "
+                            f"(shape {spec.shape} without its batch axis {spec.batch_axis})")
+
+
+def with_constants(recipe, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The samples plus the recipe's constant inputs, repeated for each sample, in the recipe's input order."""
+    n = len(next(iter(inputs.values()))) if inputs else 1
+    out = {}
+    for spec in recipe.inputs:
+        if spec.value is None:
+            out[spec.name] = inputs[spec.name]
+        else:
+            one = np.broadcast_to(np.asarray(spec.value, dtype=spec.dtype), spec.sample_shape(fill=1))
+            out[spec.name] = np.ascontiguousarray(np.broadcast_to(one, (n, *one.shape)))
+    return out
 
 
 def materialise(recipe, loader, out: Path) -> dict:
-    """Call the recipe's loader (a CallableRef returning model_sources.datasets.EvalSet), check the samples and
-    store them in `out`. Returns the record its task keeps."""
+    """Call the recipe's loader (a CallableRef returning model_sources.datasets.EvalSet), check the samples, add
+    the recipe's constants and store them in `out`. Returns the record its task keeps."""
     ds = loader.call()
     check_samples(recipe, ds.inputs)
-    arrays = {f"input:{k}": v for k, v in ds.inputs.items()}
+    inputs = with_constants(recipe, ds.inputs)
+    arrays = {f"input:{k}": v for k, v in inputs.items()}
     if ds.labels is not None:
         arrays["labels"] = np.asarray(ds.labels, dtype=np.int64)
     np.savez(out / SAMPLES_FILE, **arrays)
-    n = len(next(iter(ds.inputs.values())))
+    n = len(next(iter(inputs.values())))
     return {"samples": n, "labelled": ds.labels is not None, "ids": list(ds.ids)[:n]}
 
 

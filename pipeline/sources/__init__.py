@@ -61,13 +61,14 @@ VERIFY_SAMPLES = 8
 
 def _mismatch(recipe, kind: SourceKind, source_file: Path, dst: Path, inputs: dict[str, np.ndarray]) -> str | None:
     """Why the ONNX model at `dst` does not compute what the source does on real samples (None: it does)."""
+    from pipeline.evaluate.batching import BatchAxes
     from pipeline.evaluate.native import ort_outputs
     from pipeline.evaluate.samples import eval_subset
 
     idx = eval_subset(len(next(iter(inputs.values()))), VERIFY_SAMPLES)
     sub = {k: v[idx] for k, v in inputs.items()}
     try:
-        got = ort_outputs(dst, sub, recipe.data.eval_batch)
+        got = ort_outputs(dst, sub, recipe.data.eval_batch, axes=BatchAxes.of(recipe))
     except Exception as e:  # noqa: BLE001 - a model that does not run is the answer
         return f"it does not run in onnxruntime ({describe(e)})"
     want = kind.outputs(recipe, source_file, sub)
@@ -89,7 +90,9 @@ def canonical_onnx(recipe, source_file: Path, inputs: dict[str, np.ndarray], dst
     import onnx as onnx_lib
 
     kind = SOURCES[recipe.source.kind]
-    example = {k: v[:1] for k, v in inputs.items()}
+    from pipeline.evaluate.batching import BatchAxes, batches
+
+    example = next(batches({k: v[:1] for k, v in inputs.items()}, 1, BatchAxes.of(recipe)))  # one sample, as fed
     notes = []
     kind.to_onnx(recipe, source_file, example, dst)
     problem = _mismatch(recipe, kind, source_file, dst, inputs)

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from pipeline.evaluate.batching import BatchAxes
 from pipeline.evaluate.native import ort_outputs
 from pipeline.fsutil import atomic_file
 from pipeline.onnx_utils import (EXTERNAL_DATA_THRESHOLD, check_and_infer_file, load_model, model_bytes,
@@ -53,7 +54,7 @@ def to_onnx(recipe, source_file: Path, example: dict[str, np.ndarray], dst: Path
 
 
 def outputs(recipe, source_file: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return ort_outputs(source_file, inputs, recipe.data.eval_batch)
+    return ort_outputs(source_file, inputs, recipe.data.eval_batch, axes=BatchAxes.of(recipe))
 
 
 def to_onnx_plain(recipe, source_file: Path, example: dict[str, np.ndarray], dst: Path) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from pipeline.evaluate.native import batches, concat
+from pipeline.evaluate.batching import LEADING, BatchAxes, batches, concat
 from pipeline.fsutil import atomic_file
 from pipeline.onnx_utils import EXTERNAL_DATA_THRESHOLD, check_and_infer_file, graph_inputs, ort_session, save_model
 from pipeline.outcome import ConversionError, SourceError, conversion_step
@@ -41,32 +41,34 @@ def load_pytorch(recipe, weights: Path):
     return model.eval()
 
 
-def pytorch_outputs(model, inputs: dict[str, np.ndarray], output_names: list[str], batch: int) -> dict[str, np.ndarray]:
+def pytorch_outputs(model, inputs: dict[str, np.ndarray], output_names: list[str], batch: int,
+                    axes: BatchAxes = LEADING) -> dict[str, np.ndarray]:
     import torch
 
     chunks = []
     with torch.inference_mode():
-        for b in batches(inputs, batch):
-            out = model(*[torch.from_numpy(np.ascontiguousarray(v)) for v in b.values()])
+        for b in batches(inputs, batch, axes):
+            out = model(*[torch.from_numpy(np.array(v, order="C")) for v in b.values()])  # 0-d stays 0-d
             out = out if isinstance(out, (tuple, list)) else (out,)
             chunks.append({n: o.detach().numpy() for n, o in zip(output_names, out)})
-    return concat(chunks)
+    return concat(chunks, axes)
 
 
 def to_onnx(recipe, source_file: Path, example: dict[str, np.ndarray], dst: Path) -> None:
     """The recipe's module with its weights, exported with the recipe's names and dynamic axes."""
     model = load_pytorch(recipe, source_file)
     dyn = {i.name: i.dynamic_axes for i in recipe.inputs if i.dynamic_axes}
-    for o in recipe.outputs:  # outputs share the batch axis when the inputs have one
-        if any(0 in i.dynamic_axes for i in recipe.inputs):
-            dyn[o.name] = {0: "batch"}
+    batch_dynamic = any(i.batch_axis is not None and i.batch_axis in i.dynamic_axes for i in recipe.inputs)
+    for o in recipe.outputs:  # outputs share the batch axis when the inputs have a dynamic one
+        if batch_dynamic and o.batch_axis is not None:
+            dyn[o.name] = {o.batch_axis: "batch"}
     export_pytorch(model, example, dst, output_names=[o.name for o in recipe.outputs], dynamic_axes=dyn or None,
                    opset=recipe.source.opset)
 
 
 def outputs(recipe, source_file: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return pytorch_outputs(load_pytorch(recipe, source_file), inputs, [o.name for o in recipe.outputs],
-                           recipe.data.eval_batch)
+                           recipe.data.eval_batch, BatchAxes.of(recipe))
 
 
 SOURCE = SourceKind(kind="pytorch", framework="pytorch", file_ref=lambda source: source.weights,
@@ -107,7 +109,7 @@ def export_pytorch(
     unknown = set(dynamic_axes) - set(input_names) - set(output_names)
     if unknown:
         raise ConversionError(f"export_pytorch: dynamic_axes names {sorted(unknown)} are neither inputs nor outputs")
-    arrays = {k: np.ascontiguousarray(v) for k, v in example.items()}
+    arrays = {k: np.array(v, order="C") for k, v in example.items()}  # not ascontiguousarray: it makes 0-d 1-d
     args = tuple(torch.from_numpy(a.copy()) for a in arrays.values())
     model.eval()
 
@@ -189,7 +191,7 @@ def _grow_dynamic_axes(arrays: dict[str, np.ndarray], dynamic_axes) -> dict[str,
     for name, a in arrays.items():
         for axis in (dynamic_axes.get(name) or {}):
             a = np.concatenate([a, a], axis=axis)
-        out[name] = np.ascontiguousarray(a)
+        out[name] = np.array(a, order="C")
     return out
 
 

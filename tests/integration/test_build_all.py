@@ -183,3 +183,24 @@ def test_missing_package_fails_its_recipe_only(tmp_path):
     # Environmental failures are retried by the next build rather than cached.
     src = next((art / "build" / "missing" / "0.1").glob("SourceModel-*/result.json"))
     assert json.loads(src.read_text())["retry"] is True
+
+
+def test_inputs_with_their_batch_elsewhere_a_scalar_and_a_constant(tmp_path):
+    """A step of a stateful model as real ones ship: the state's batch on axis 1, a scalar input the recipe fixes,
+    two outputs judged each on its own; converted, run natively and in Chromium one sample at a time."""
+    from models import cell_recipe
+
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "cell.yaml").write_text(yaml.safe_dump(cell_recipe()))
+    art = tmp_path / "art"
+    assert build(tmp_path / "recipes", art).scheduling_succeeded
+    v = read_index(art / "registry")["models"]["cell"]["versions"]["1"]
+    t = v["targets"]["wasm"]
+    assert t["status"] == "chosen", t["reason"]
+    acc = t["metrics"]["accuracy"]
+    assert set(acc["outputs"]) == {"y", "state_out"} and acc["samples"] == 6 and acc["max_abs_error"] < 1e-4
+    assert [(i["name"], i["batch_axis"], i["value"]) for i in v["inputs"]] == \
+        [("x", 0, None), ("state", 1, None), ("gain", None, 2.0)]
+    onnx_model = onnx.load(next((art / "build" / "cell" / "1").glob("CanonicalOnnx-*/model.onnx")))
+    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in onnx_model.graph.input}
+    assert dims == {"x": ["batch", 4], "state": [2, "batch", 3], "gain": []}

@@ -126,3 +126,24 @@ def test_missing_files_are_clear(tmp_path):
     r = load_recipe(write(tmp_path, d))
     with pytest.raises(SourceError, match="no_such_pkg_xyz.*not installed"):
         r.resolve_file(r.source.weights)
+
+
+def test_inputs_with_their_batch_elsewhere_scalars_and_constants(tmp_path):
+    from models import cell_recipe
+
+    r = load_recipe(write(tmp_path, cell_recipe()))
+    x, state, gain = r.inputs
+    assert (x.batch_axis, state.batch_axis, gain.batch_axis) == (0, 1, None)
+    assert state.sample_shape() == [2, 3] and gain.sample_shape() == [] and gain.value == 2.0
+    assert x.batchable and not state.batchable and r.outputs[1].batch_axis == 1
+    with pytest.raises(RecipeError, match=r"data.eval_batch must be 1 for this model: input state \(batch on axis 1\), "
+                                          r"input gain \(no batch axis\), output state_out"):
+        load_recipe(write(tmp_path, cell_recipe(data={"eval": {"function": "models:cell_samples"}, "eval_batch": 4})))
+    bad = cell_recipe()
+    bad["inputs"][2] = {"name": "gain", "shape": [2], "value": [1.0, 2.0, 3.0]}
+    with pytest.raises(RecipeError, match="value does not fit shape"):
+        load_recipe(write(tmp_path, bad))
+    bad = cell_recipe()
+    bad["inputs"][1] = {"name": "state", "shape": [2, "batch", 3], "batch_axis": 3}
+    with pytest.raises(RecipeError, match="batch_axis 3 is not an axis"):
+        load_recipe(write(tmp_path, bad))

@@ -154,15 +154,25 @@ function cannotRun(c, target, caps, opts) {
   return null;
 }
 
-/** Zero-filled inputs of the declared shapes (dynamic dims = 1): the warm-up inference. */
-function warmupFeeds(inputs, lib) {
-  const feeds = {};
-  for (const i of inputs) {
-    const dims = i.shape.map((d) => (typeof d === 'number' ? d : 1));
-    const n = dims.reduce((a, b) => a * b, 1);
-    feeds[i.name] = {data: new lib.TYPED[i.dtype](n), dims, dtype: i.dtype};
+/** An input of its declared shape (dynamic dims = 1): its recipe constant (`value`) when it has one, else zeros. */
+function filledInput(i, lib) {
+  const dims = i.shape.map((d) => (typeof d === 'number' ? d : 1));
+  const n = dims.reduce((a, b) => a * b, 1);
+  const Typed = lib.TYPED[i.dtype];
+  const data = new Typed(n);
+  if (i.value !== undefined && i.value !== null) {
+    const flat = [i.value].flat(Infinity);
+    for (let k = 0; k < n; k++) {
+      const v = flat[k % flat.length];
+      data[k] = Typed === BigInt64Array || Typed === BigUint64Array ? BigInt(v) : Number(v);
+    }
   }
-  return feeds;
+  return {data, dims, dtype: i.dtype};
+}
+
+/** The warm-up inference: every input filled (constants as the recipe fixed them). */
+function warmupFeeds(inputs, lib) {
+  return Object.fromEntries(inputs.map((i) => [i.name, filledInput(i, lib)]));
 }
 
 function basename(path) {
@@ -271,9 +281,12 @@ export class Model {
     this.outputs = version.outputs;
   }
 
-  /** @param {Object<string, {data: ArrayLike, dims: number[], dtype: string}>} feeds */
+  /** @param {Object<string, {data: ArrayLike, dims: number[], dtype: string}>} feeds  the recipe's constant
+   *  inputs (`value` in the index) may be left out: they are filled in as measured. */
   run(feeds) {
-    return this.adapter.run(feeds);
+    const all = {...feeds};
+    for (const i of this.inputs) if (!(i.name in all) && i.value !== undefined && i.value !== null) all[i.name] = filledInput(i, this.lib);
+    return this.adapter.run(all);
   }
 
   /** The class names of an output (published with the model), or null. */

@@ -264,6 +264,6 @@ def tvm_outputs(onnx_path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.
     ins, outputs = graph_io(model)
     ex = lower(mod, tvm.target.Target({"kind": "llvm"}), "llvm")
     vm = relax.VirtualMachine(ex, tvm.cpu())
-    ret = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(inputs[s["name"]])) for s in ins])
+    ret = vm["main"](*[tvm.runtime.tensor(np.array(inputs[s["name"]], order="C")) for s in ins])
     rets = [ret] if hasattr(ret, "numpy") else list(ret)
     return {o["name"]: r.numpy() for o, r in zip(outputs, rets)}

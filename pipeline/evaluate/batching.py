@@ -1,0 +1,59 @@
+"""Samples are stored stacked on a leading axis ([N, ...per-sample shape]); a model takes them batched where its
+own batch axis is, which need not be the first (an RNN state [layers, batch, hidden]) or may not exist (a scalar,
+a fixed-size state). This is the one place that turns one into the other, both ways."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class BatchAxes:
+    """Where the batch lies in each input and output; None: no batch axis (one sample per call). Names not
+    listed have their batch first."""
+
+    inputs: dict[str, int | None] = field(default_factory=dict)
+    outputs: dict[str, int | None] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, recipe) -> "BatchAxes":
+        return cls({i.name: i.batch_axis for i in recipe.inputs}, {o.name: o.batch_axis for o in recipe.outputs})
+
+    @property
+    def leading(self) -> bool:
+        """Every batch axis first: samples batch by slicing, with no reshaping."""
+        return all(a == 0 for a in (*self.inputs.values(), *self.outputs.values()))
+
+
+LEADING = BatchAxes()
+
+
+def to_batch(stacked: np.ndarray, axis: int | None) -> np.ndarray:
+    """Stacked samples [k, ...] as the model takes them: the k along `axis` (None: k must be 1, no axis)."""
+    if axis is None:
+        if len(stacked) != 1:
+            raise ValueError(f"an input without a batch axis takes one sample at a time, got {len(stacked)}")
+        return np.asarray(stacked[0])  # a 0-d array for a scalar, not a numpy scalar
+    return stacked if axis == 0 else np.moveaxis(stacked, 0, axis)
+
+
+def from_batch(arr: np.ndarray, axis: int | None) -> np.ndarray:
+    """A model output back to stacked samples [k, ...]."""
+    arr = np.asarray(arr)
+    if axis is None:
+        return arr[None]
+    return arr if axis == 0 else np.moveaxis(arr, axis, 0)
+
+
+def batches(inputs: dict[str, np.ndarray], batch: int, axes: BatchAxes = LEADING) -> Iterator[dict[str, np.ndarray]]:
+    """Feeds of up to `batch` samples each, in order, shaped as the model takes them."""
+    n = len(next(iter(inputs.values())))
+    for i in range(0, n, batch):
+        yield {k: to_batch(v[i:i + batch], axes.inputs.get(k, 0)) for k, v in inputs.items()}
+
+
+def concat(chunks: list[dict[str, np.ndarray]], axes: BatchAxes = LEADING) -> dict[str, np.ndarray]:
+    """Outputs of successive batches as stacked samples [N, ...]."""
+    return {k: np.concatenate([from_batch(c[k], axes.outputs.get(k, 0)) for c in chunks]) for k in chunks[0]}
