@@ -185,6 +185,32 @@ FASHION_CLASSES = (
 )
 
 
+def lfw_faces(size: int = 48, limit: int | None = None) -> EvalSet:
+    """scikit-image's LFW subset (``data/lfw_subset.npy``): 100 face crops then 100 non-faces, 25x25 grayscale,
+    resized to `size` and repeated to three channels, normalised as MTCNN does ((x - 127.5) / 128); labelled
+    1 = face, 0 = not a face (the order of O-Net's face probability output)."""
+    from PIL import Image
+
+    crops = np.load(package_file("skimage", "data/lfw_subset.npy"))
+    labels = np.r_[np.ones(len(crops) // 2), np.zeros(len(crops) - len(crops) // 2)].astype(np.int64)
+    images = []
+    for a in crops:
+        g = np.asarray(Image.fromarray((a * 255).round().astype(np.uint8)).resize((size, size), Image.BILINEAR),
+                       dtype=np.float32)
+        images.append(np.stack([g, g, g]))
+    x = ((np.stack(images) - 127.5) / 128.0).astype(np.float32)
+    ids = [f"{'face' if y else 'nonface'}{i:03d}" for i, y in enumerate(labels)]
+    if limit is not None:
+        idx = np.linspace(0, len(x) - 1, limit).round().astype(int)
+        x, labels, ids = x[idx], labels[idx], [ids[i] for i in idx]
+    return EvalSet(inputs={"input": np.ascontiguousarray(x)}, labels=labels, ids=ids)
+
+
+def face_labels() -> list[str]:
+    """The classes of O-Net's face probability output, in order."""
+    return ["not a face", "face"]
+
+
 def fashion_labels() -> list[str]:
     """Class names of the Fashion-MNIST logits, in order (published with the model for apps to show)."""
     return list(FASHION_CLASSES)
