@@ -27,6 +27,7 @@ from pipeline.families.tvm import compile as tvmc
 from pipeline.families.tvm import runtime_build as rtb
 from pipeline.families.tvm import schedules
 from pipeline.outcome import ToolchainMissing, UnsupportedOp
+from pipeline.recipe import InputSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.toolchain
@@ -201,7 +202,7 @@ def test_embedded_weights_and_variant_spec(models, runtime_dir, tmp_path):
     info = prereq.build(BuildInputs(canonical_onnx=model, cache_dir=runtime_dir.parent), tmp_path / "prereq")
     assert Path(info["runtime_dir"]) == runtime_dir.resolve()
 
-    recipe = SimpleNamespace(inputs=[SimpleNamespace(name="input", shape=["batch", 3, 16, 16])])
+    recipe = SimpleNamespace(inputs=[InputSpec(name="input", shape=["batch", 3, 16, 16])])
     files = specs["tvm_wasm"].build(BuildInputs(canonical_onnx=model, recipe=recipe,
                                                 prerequisites={"tvm_web_runtime": tmp_path / "prereq"}),
                                     tmp_path / "variant")
@@ -345,8 +346,6 @@ def test_inputs_of_another_shape_are_refused_clearly(models, runtime_dir, tmp_pa
     small = {"input": np.zeros((2, 3, 8, 8), np.float32)}
     res = _measure(files, "wasm", small)
     assert res.status == "failed" and "compiled for [1,3,16,16]" in res.error and "compile_shape" in res.error
-
-    from pipeline.recipe import InputSpec
 
     dynamic = InputSpec(name="input", shape=["batch", 3, "h", "w"])
     with pytest.raises(NotApplicable, match=r"dynamic dimension\(s\) \['h', 'w'\].*compile_shape"):
