@@ -468,3 +468,56 @@ def text_direction_lines(input_name: str = "x", *, limit: int | None = None,
 def text_cls_model_path() -> Path:
     """Path of rapidocr's text-direction classifier ONNX file."""
     return package_file(CLS_MODEL_PACKAGE, CLS_MODEL_RELPATH)
+
+
+# ------------------------------------------------------------------------------------------------ sentences
+
+# Modules whose docstrings give the sentences: many short, related statements (paths, maths, archives, time), so
+# nearest neighbours are close calls that a lossy variant can reorder.
+DOC_MODULES = ("math", "os.path", "shutil", "json", "re", "random", "statistics", "string", "textwrap", "datetime",
+               "collections", "itertools", "functools", "pathlib", "zipfile", "gzip", "csv", "socket", "time",
+               "calendar", "heapq", "bisect", "copy", "base64", "hashlib", "uuid", "difflib", "fnmatch", "glob",
+               "tempfile")
+
+
+def python_doc_sentences(modules: tuple[str, ...] = DOC_MODULES, *, min_words: int = 6,
+                         max_words: int = 30) -> list[tuple[str, str]]:
+    """Real English sentences written by people: the first sentence of the docstring of each public callable of
+    `modules` in Python's standard library (deterministic for one Python version), as (id, sentence)."""
+    import importlib
+    import inspect
+    import re
+
+    out, seen = [], set()
+    for m in modules:
+        mod = importlib.import_module(m)
+        for name in sorted(dir(mod)):
+            obj = getattr(mod, name)
+            if name.startswith("_") or not callable(obj):
+                continue
+            para = " ".join((inspect.getdoc(obj) or "").split("\n\n")[0].split())
+            if not para or ">>>" in para or "(" in para.split(" ")[0]:
+                continue  # a signature line, or an example, is not a sentence
+            first = re.split(r"(?<=[.!?])\s", para)[0]
+            if min_words <= len(first.split()) <= max_words and first.endswith(".") and first not in seen:
+                seen.add(first)
+                out.append((f"{m}.{name}", first))
+    return out
+
+
+def tokenized_sentences(assets: dict, *, max_length: int = 64, limit: int | None = 64) -> EvalSet:
+    """Sentences (:func:`python_doc_sentences`, `limit` of them evenly spaced) tokenized with the recipe's published
+    tokenizer (`assets["tokenizer"]`, a Hugging Face tokenizer.json) exactly as an app would: padded and truncated
+    to `max_length`; inputs ``input_ids``, ``attention_mask``, ``token_type_ids`` [N, max_length] int64."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(assets["tokenizer"]))
+    tok.enable_truncation(max_length)
+    tok.enable_padding(length=max_length)
+    items = python_doc_sentences()
+    if limit is not None and limit < len(items):
+        items = [items[i] for i in np.unique(np.linspace(0, len(items) - 1, limit).round().astype(int))]
+    enc = tok.encode_batch([s for _, s in items])
+    arr = {k: np.ascontiguousarray([getattr(e, a) for e in enc], dtype=np.int64)
+           for k, a in (("input_ids", "ids"), ("attention_mask", "attention_mask"), ("token_type_ids", "type_ids"))}
+    return EvalSet(inputs=arr, labels=None, ids=[i for i, _ in items])

@@ -122,6 +122,9 @@ class PytorchSource(_Strict):
     kind: Literal["pytorch"]
     module: CallableRef  # returns an nn.Module without weights
     weights: Weights
+    # Weight names (glob patterns) the module does not use, e.g. a checkpoint's pooler or training head: dropped
+    # before a strict load, so every other key must still match the module exactly.
+    unused_weights: list[str] = Field(default_factory=list)
     opset: int = Field(18, ge=18, le=21)  # the dynamo exporter emits opset 18+
 
     @field_validator("module")
@@ -250,6 +253,12 @@ class OutputSpec(_Strict):
         return v
 
 
+def takes_assets(loader: CallableRef) -> bool:
+    """A data loader that has a parameter `assets` is called with the recipe's assets ({name: path}): the data is
+    then prepared with exactly the files that are published (a tokenizer)."""
+    return "assets" in loader.signature().parameters
+
+
 class DataSpec(_Strict):
     eval: CallableRef  # returns model_sources.datasets.EvalSet
     calibration: CallableRef | None = None  # needed by int8_qdq; defaults to the eval data
@@ -259,7 +268,7 @@ class DataSpec(_Strict):
     @classmethod
     def _loader_callable(cls, v: CallableRef | None) -> CallableRef | None:
         if v is not None:
-            v.check_call()
+            v.check_call(*(["assets"] if takes_assets(v) else []))
         return v
 
 
@@ -271,6 +280,8 @@ class OutputBudget(_Strict):
     max_abs_error: float | None = Field(None, gt=0)
     max_rel_error: float | None = Field(None, gt=0)             # max abs error / the output's largest magnitude
     min_cosine: float | None = Field(None, ge=-1, le=1)         # embeddings: per sample
+    # embeddings: fraction of samples whose nearest other sample (cosine) is the reference's
+    min_retrieval_agreement: float | None = Field(None, ge=0, le=1)
 
 
 class Budget(OutputBudget):
@@ -284,8 +295,8 @@ class Budget(OutputBudget):
     @model_validator(mode="after")
     def _some(self):
         if not self.bounds():
-            raise ValueError("set at least one of min_top1_agreement, max_accuracy_drop, max_abs_error, "
-                             "max_rel_error, min_cosine (for the model or for an output under `outputs`)")
+            raise ValueError("set at least one of " + ", ".join(OutputBudget.model_fields)
+                             + " (for the model or for an output under `outputs`)")
         return self
 
     def bounds(self) -> set[str]:
@@ -380,6 +391,25 @@ class Recipe(_Strict):
     measure: dict[str, Measure] = Field(default_factory=_default_measure)
     selection: Selection = Selection()
     release: Release = Release()
+    # Files the app needs beside the model to prepare its inputs as the evaluation did (a tokenizer.json, a
+    # vocabulary), by name: published with every version under their sha256 and handed to a data loader that
+    # has an `assets` parameter, so what is published is what the evaluation used.
+    assets: dict[str, FileRef] = Field(default_factory=dict)
+
+    @field_validator("assets")
+    @classmethod
+    def _asset_names(cls, v):
+        bad = [k for k in v if not re.fullmatch(r"[A-Za-z0-9_.-]+", k)]
+        if bad:
+            raise ValueError(f"asset names {bad}: use letters, digits, '_', '-', '.'")
+        return v
+
+    @model_validator(mode="after")
+    def _loaders_get_assets(self):
+        for what, loader in (("eval", self.data.eval), ("calibration", self.data.calibration)):
+            if loader is not None and takes_assets(loader) and not self.assets:
+                raise ValueError(f"data.{what}: {loader.function} takes `assets`, but the recipe has no `assets`")
+        return self
 
     @model_validator(mode="after")
     def _one_sample_at_a_time(self):
@@ -446,6 +476,16 @@ class Recipe(_Strict):
         dump = self.model_dump(mode="json")
         chosen = {p: dump[p] for p in parts} if parts else dump
         return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()
+
+    def asset_paths(self) -> dict[str, Path]:
+        """The recipe's assets, located (SourceError naming the asset when one is missing)."""
+        out = {}
+        for name, ref in self.assets.items():
+            try:
+                out[name] = self.resolve_file(ref)
+            except SourceError as e:
+                raise SourceError(f"assets.{name}: {e}") from None
+        return out
 
     def resolve_file(self, ref: FileRef) -> Path:
         """Locate a FileRef; SourceError if missing."""

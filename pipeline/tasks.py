@@ -224,6 +224,18 @@ class SourceModel(RecipeTask):
         return self.out_dir / r["file"] if "file" in r else Path(r["path"])
 
 
+def asset_hashes(recipe) -> dict[str, str]:
+    """The content hash of each of the recipe's assets (a missing one: why, so the key stays computable and the
+    task that needs it reports the problem)."""
+    out = {}
+    for name, ref in recipe.assets.items():
+        try:
+            out[name] = keys.content_hash(recipe.resolve_file(ref))
+        except Exception as e:  # noqa: BLE001
+            out[name] = f"missing: {e}"
+    return out
+
+
 class EvalData(RecipeTask):
     """Evaluation (or calibration) samples as an .npz, checked against the recipe's inputs."""
 
@@ -235,8 +247,13 @@ class EvalData(RecipeTask):
         return d.calibration if self.purpose == "calibration" and d.calibration is not None else d.eval
 
     def fingerprint(self):
-        return {"loader": self.loader().model_dump(mode="json"),
-                "inputs": [i.model_dump(mode="json") for i in self.recipe.inputs]}
+        from pipeline.recipe import takes_assets
+
+        fp = {"loader": self.loader().model_dump(mode="json"),
+              "inputs": [i.model_dump(mode="json") for i in self.recipe.inputs]}
+        if takes_assets(self.loader()):  # the data depends on the assets' content (a tokenizer)
+            fp["assets"] = asset_hashes(self.recipe)
+        return fp
 
     def folder_name(self):
         return f"EvalData-{self.purpose}"
@@ -518,7 +535,8 @@ class SelectAndPublish(RecipeTask):
         return {"targets": r.targets, "budget": r.budget.model_dump(), "selection": r.selection.model_dump(mode="json"),
                 "release": r.release.model_dump(mode="json"),
                 "manifest": [r.description, [i.model_dump(mode="json") for i in r.inputs],
-                             [o.model_dump(mode="json") for o in r.outputs]]}
+                             [o.model_dump(mode="json") for o in r.outputs]],
+                "assets": asset_hashes(r)}
 
     def registry(self) -> Path:
         return Path(self.artifacts_dir) / "registry"
@@ -581,8 +599,11 @@ class SelectAndPublish(RecipeTask):
                 res = task.result()
                 files = task.requires()["variant"].files() if res["status"] == "ok" else []
                 candidates.append(candidate(self.recipe, v, variant(v).runtime, t, res, files, native[v]))
+        # Published under the content this build's key was computed from (publish refuses a file changed since).
+        assets = {name: {"src": str(path), "sha256": self.fingerprint()["assets"][name]}
+                  for name, path in self.recipe.asset_paths().items()}
         return select_and_publish(self.recipe, self.key, candidates, native, deps["onnx"].result(), self.registry(),
-                                  self.build_inputs())
+                                  self.build_inputs(), assets)
 
 
 class BuildAll(luigi.Task):

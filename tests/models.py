@@ -1,6 +1,7 @@
 """Every tiny model and data set the tests use, defined once. Recipes in tests refer to them as 'models:...'.
 
-PyTorch: TinyCNN (conv + BN + activation + pooling + linear), TinyMLP (a transformer-ish block: MatMul-based).
+PyTorch: TinyCNN (conv + BN + activation + pooling + linear), TinyMLP (a transformer-ish block: MatMul-based),
+StatefulCell (batch on axis 1, a scalar constant), a tiny BERT sentence embedder (safetensors, tokenizer.json).
 ONNX graphs built by hand: mlp, cnn (with depthwise conv and ReLU6 as Clip with rank-0 bounds), celu (an op TVM
 lacks), broken (an op nothing knows).
 """
@@ -287,5 +288,65 @@ def cell_recipe(**fields) -> dict:
             "data": {"eval": {"function": "models:cell_samples"}, "eval_batch": 1},
             "budget": {"max_abs_error": 1e-4},
             "targets": ["wasm"], "variants": ["fp32"],
+            "measure": {"wasm": {"runs": 3, "warmup": 1, "qoe_modes": []}},
+            **fields}
+
+
+# A sentence-embedding transformer as real ones ship: transformers' BERT (our MiniLM module, tiny config), a
+# safetensors checkpoint with a key the module does not use (BERT's pooler), a Hugging Face tokenizer.json.
+TINY_BERT = {"vocab_size": 256, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+             "intermediate_size": 64, "max_position_embeddings": 64}
+
+
+def tiny_embedder():
+    from model_sources.minilm import build
+
+    return build(config=TINY_BERT)
+
+
+def train_embedder(out_path, seed: int = 0) -> dict:
+    """Random weights saved as safetensors (under whatever name the pipeline asks for) plus a pooler, as the real
+    checkpoint has it."""
+    torch = _torch()
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    state = {k: v.contiguous() for k, v in tiny_embedder().state_dict().items()}
+    state["pooler.dense.weight"] = torch.zeros(TINY_BERT["hidden_size"], TINY_BERT["hidden_size"])
+    save_file(state, str(out_path))
+    return {"seed": seed}
+
+
+def write_tokenizer(path: Path) -> Path:
+    """A WordPiece tokenizer trained on the evaluation sentences (BERT's normaliser, special tokens and
+    post-processing), saved as the tokenizer.json an app would load."""
+    from tokenizers import Tokenizer, models as tm, normalizers, pre_tokenizers, processors, trainers
+
+    from model_sources.datasets import python_doc_sentences
+
+    tok = Tokenizer(tm.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator([s for _, s in python_doc_sentences()], trainers.WordPieceTrainer(
+        vocab_size=TINY_BERT["vocab_size"], special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
+    tok.post_processor = processors.BertProcessing(("[SEP]", tok.token_to_id("[SEP]")),
+                                                   ("[CLS]", tok.token_to_id("[CLS]")))
+    tok.save(str(path))
+    return path
+
+
+def embedder_recipe(**fields) -> dict:
+    tokens = {"shape": ["batch", "tokens"], "dtype": "int64", "layout": "NT", "compile_shape": [1, 16]}
+    return {"name": "embedder", "version": "1",
+            "source": {"kind": "pytorch", "module": {"function": "models:tiny_embedder"},
+                       "weights": {"trainer": {"function": "models:train_embedder"}},
+                       "unused_weights": ["pooler.*"]},
+            "assets": {"tokenizer": {"file": "tokenizer.json"}},
+            "inputs": [{"name": n, **tokens} for n in ("input_ids", "attention_mask", "token_type_ids")],
+            "outputs": [{"name": "embedding", "kind": "embedding"}],
+            "data": {"eval": {"function": "model_sources.datasets:tokenized_sentences",
+                              "args": {"max_length": 16, "limit": 12}}, "eval_batch": 4},
+            "budget": {"min_cosine": 0.99, "min_retrieval_agreement": 0.9},
+            "targets": ["wasm"], "variants": ["fp32", "int8_weights", "int4"],
             "measure": {"wasm": {"runs": 3, "warmup": 1, "qoe_modes": []}},
             **fields}

@@ -46,7 +46,9 @@ def with_constants(recipe, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarra
 def materialise(recipe, loader, out: Path) -> dict:
     """Call the recipe's loader (a CallableRef returning model_sources.datasets.EvalSet), check the samples, add
     the recipe's constants and store them in `out`. Returns the record its task keeps."""
-    ds = loader.call()
+    from pipeline.recipe import takes_assets
+
+    ds = loader.call(**({"assets": recipe.asset_paths()} if takes_assets(loader) else {}))
     check_samples(recipe, ds.inputs)
     inputs = with_constants(recipe, ds.inputs)
     arrays = {f"input:{k}": v for k, v in inputs.items()}

@@ -107,7 +107,8 @@ def output_entry(o) -> dict:
 
 
 def select_and_publish(recipe, build_key: str, candidates: list[Candidate], native: dict[str, dict],
-                       canonical: dict, registry: Path, build_inputs: dict | None = None) -> dict:
+                       canonical: dict, registry: Path, build_inputs: dict | None = None,
+                       assets: dict | None = None) -> dict:
     """Select per target, publish the version to the registry with its report; returns the task's record."""
     from browser_validate.runtimes import served_file
 
@@ -118,7 +119,8 @@ def select_and_publish(recipe, build_key: str, candidates: list[Candidate], nati
              "build_inputs": build_inputs or {},
              "budget": recipe.budget.model_dump(mode="json"), "release": recipe.release.model_dump(mode="json"),
              "inputs": [i.model_dump(mode="json") for i in recipe.inputs],
-             "outputs": [output_entry(o) for o in recipe.outputs], "targets": targets}
+             "outputs": [output_entry(o) for o in recipe.outputs], "targets": targets,
+             "assets": assets or {}}
     report = {"model": recipe.name, "version": recipe.version, "build_key": build_key,
               "canonical_onnx": {k: canonical.get(k) for k in ("status", "error", "bytes", "ops", "verified_on", "notes")},
               "decisions": [{"target": d.target, "status": d.status, "reason": d.reason,

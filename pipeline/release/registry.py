@@ -244,7 +244,8 @@ def referenced_files(index: dict) -> list[dict]:
     seen: dict[str, dict] = {}
     for m in index.get("models", {}).values():
         for v in m.get("versions", {}).values():
-            files = [v["report"], *(o["labels"] for o in v.get("outputs", []) if o.get("labels"))]
+            files = [v["report"], *(o["labels"] for o in v.get("outputs", []) if o.get("labels")),
+                     *v.get("assets", {}).values()]
             for t in v.get("targets", {}).values():
                 for c in [t, *t.get("fallbacks", [])]:
                     files += c.get("files", []) + c.get("runtime_files", [])
@@ -307,11 +308,13 @@ def publish(registry: Path, model: str, version: str, entry: dict, report: dict,
             t.update({k: t["fallbacks"][0][k] for k in CANDIDATE_FIELDS if k in t["fallbacks"][0]})
         targets[name] = t
     outputs = [store_labels(registry, model, version, o) for o in entry.get("outputs", [])]
+    assets = {name: store_file(registry, model, version, Path(a["src"]), a.get("sha256"))
+              for name, a in entry.get("assets", {}).items()}
     blob = (json.dumps(report, indent=2, sort_keys=True, default=str) + "\n").encode()
     report_rel = Path(model) / version / f"report-{hashlib.sha256(blob).hexdigest()[:16]}.json"
     write_bytes_atomic(registry / report_rel, blob)
     _readable_path(registry, report_rel)
-    version_obj = {**entry, "targets": targets, "outputs": outputs,
+    version_obj = {**entry, "targets": targets, "outputs": outputs, "assets": assets,
                    "report": file_record(registry / report_rel, report_rel.as_posix()),
                    "created": now(), "frozen": current.get("frozen") if current else None}
 

@@ -5,6 +5,7 @@ on the example inputs and on inputs with every dynamic axis doubled; the referen
 """
 from __future__ import annotations
 
+import fnmatch
 import logging
 import warnings
 from pathlib import Path
@@ -28,17 +29,33 @@ def load_pytorch(recipe, weights: Path):
 
     model = recipe.source.module.call()
     try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
+        if _is_safetensors(weights):  # Hugging Face checkpoints
+            from safetensors.torch import load_file
+
+            state = load_file(str(weights), device="cpu")
+        else:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt or truncated file, or a pickle that is not plain tensors
         raise SourceError(f"cannot read weights {weights}: {e}") from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
+    # Keys the recipe says the module does not use (a training head, a saved buffer): dropped by name, so that
+    # every other key still has to match exactly.
+    unused = [k for k in state if any(fnmatch.fnmatchcase(k, pat) for pat in recipe.source.unused_weights)]
+    state = {k: v for k, v in state.items() if k not in unused}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         first = str(e).splitlines()[0]
         raise SourceError(f"weights {weights} do not fit {recipe.source.module.function}: {first}") from None
     return model.eval()
+
+
+def _is_safetensors(path: Path) -> bool:
+    """A safetensors file (by content, whatever its name): an 8-byte header length, then the JSON header."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000
 
 
 def pytorch_outputs(model, inputs: dict[str, np.ndarray], output_names: list[str], batch: int,
@@ -218,8 +235,26 @@ def _export_dynamo(model, args, path: Path, input_names, output_names, dynamic_a
     )
     if prog is None:
         raise ConversionError("dynamo exporter returned no program")
+    _unshadow_outputs(prog.model.graph, output_names)
     big = sum(p.numel() * p.element_size() for p in model.state_dict().values()) >= EXTERNAL_DATA_THRESHOLD
     prog.save(str(path), external_data=big)
+
+
+def _unshadow_outputs(graph, output_names) -> None:
+    """The dynamo exporter names values after their aten op ("embedding", "linear"): an output requested under
+    such a name then appears twice and the graph is not valid ONNX. Rename the inner values instead."""
+    from onnx_ir.traversal import RecursiveGraphIterator
+
+    outs = {id(v) for v in graph.outputs}
+    taken = set(output_names)
+    for node in RecursiveGraphIterator(graph):
+        for v in node.outputs:
+            if v.name in taken and id(v) not in outs:
+                k = 1
+                while f"{v.name}__inner{k}" in taken:
+                    k += 1
+                taken.add(f"{v.name}__inner{k}")
+                v.name = f"{v.name}__inner{k}"
 
 
 def _export_torchscript(model, args, path: Path, input_names, output_names, dynamic_axes, opset) -> None:

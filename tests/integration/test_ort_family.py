@@ -34,7 +34,11 @@ TOLERANCE = {
     "int8_dynamic": (0.2, 0.75),
     "int8_qdq": (0.2, 0.75),
     "int4": (0.2, 0.75),
+    "int4_fp16": (0.2, 0.75),
+    "int8_weights": (0.05, 0.9),
+    "int8_weights_fp16": (0.05, 0.9),
 }
+WEIGHT_ONLY = {"int4", "int4_fp16", "int8_weights", "int8_weights_fp16"}
 
 
 @pytest.mark.parametrize("kind", ["cnn", "mlp"])
@@ -47,7 +51,7 @@ def test_variant_matches_pytorch(exported, work, kind, name):
                          else None, calibration_batch=4)
     out = work / kind / name
     out.mkdir()
-    if name == "int4" and kind == "cnn":
+    if name in WEIGHT_ONLY and kind == "cnn":
         with pytest.raises(NotApplicable, match="Gemm"):
             v.build(inputs, out)
         assert list(out.iterdir()) == []
@@ -67,10 +71,11 @@ def test_variant_matches_pytorch(exported, work, kind, name):
 
 def test_variant_table_shape():
     specs = {v.name: variant(v.name) for v in VARIANTS}
-    assert set(specs) == {"fp32", "simplified", "fp16", "int8_dynamic", "int8_qdq", "int4"}
+    assert set(specs) == {"fp32", "simplified", "fp16", "int8_dynamic", "int8_qdq"} | WEIGHT_ONLY
     for name, v in specs.items():
         assert v.family == "ort" and v.runtime == "ort" and v.targets == ("wasm", "webgpu") and v.description
-    assert specs["fp16"].required_features == {"webgpu": ("shader-f16",)}
+    assert [n for n, v in specs.items() if v.required_features] == ["fp16", "int4_fp16", "int8_weights_fp16"]
+    assert all(v.required_features == {"webgpu": ("shader-f16",)} for v in specs.values() if v.required_features)
     assert [n for n, v in specs.items() if v.needs_calibration] == ["int8_qdq"]
 
 
@@ -87,7 +92,7 @@ def test_fp16_keeps_float32_io(exported, work):
 
 def test_ops_per_variant(exported, work):
     mlp = exported["mlp"]["path"]
-    conv.int4_matmul(mlp, work / "mlp" / "i4.onnx", block_size=32)
+    conv.weight_only(mlp, work / "mlp" / "i4.onnx", bits=4, block_size=32)
     ops = graph_ops(work / "mlp" / "i4.onnx")
     assert "com.microsoft.MatMulNBits" in ops and "MatMul" not in ops
     conv.int8_dynamic(mlp, work / "mlp" / "dyn.onnx")
@@ -103,7 +108,7 @@ def test_ops_per_variant(exported, work):
 
 def test_int4_not_applicable_without_matmul(exported, tmp_path):
     with pytest.raises(NotApplicable, match="Gemm"):
-        conv.int4_matmul(exported["cnn"]["path"], tmp_path / "x.onnx")
+        conv.weight_only(exported["cnn"]["path"], tmp_path / "x.onnx", bits=4)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -170,7 +175,7 @@ def test_check_and_infer_roundtrip(exported, tmp_path):
     assert sha256_file(dst) == sha256_file(dst) and len(sha256_file(dst)) == 64
 
 
-@pytest.mark.parametrize("step", ["simplify", "to_fp16", "check_and_infer", "int8_dynamic", "int4_matmul"])
+@pytest.mark.parametrize("step", ["simplify", "to_fp16", "check_and_infer", "int8_dynamic", "weight_only"])
 def test_failure_leaves_no_file_and_no_temp(tmp_path, step):
     src = tmp_path / "src" / "broken.onnx"
     src.parent.mkdir()
@@ -178,7 +183,8 @@ def test_failure_leaves_no_file_and_no_temp(tmp_path, step):
     out = tmp_path / "out"
     dst = out / "result.onnx"
     with pytest.raises(ConversionError) as ei:
-        (check_and_infer if step == "check_and_infer" else getattr(conv, step))(src, dst)
+        extra = {"bits": 4} if step == "weight_only" else {}
+        (check_and_infer if step == "check_and_infer" else getattr(conv, step))(src, dst, **extra)
     assert step in str(ei.value)
     assert type(ei.value) is ConversionError, "a broken model is an error, not 'not applicable'"
     assert not dst.exists()

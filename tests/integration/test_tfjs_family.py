@@ -194,6 +194,25 @@ def test_onnx2tf_unsupported_op_is_named(tmp_path):
     assert not (out / "saved_model").exists()
 
 
+def test_onnx2tf_crash_in_an_op_converter_is_named():
+    """onnx2tf 2.6 names the node after the traceback, and the op only through the converter file it crashed in
+    (seen on all-MiniLM-L6-v2: its Slice converter on a dynamic sequence length)."""
+    from pipeline.families.tfjs.saved_model import _onnx2tf_failure
+
+    log = """\x1b[31mERROR:\x1b[0m The trace log is below.
+Traceback (most recent call last):
+  File "/venv/lib/python3.11/site-packages/onnx2tf/utils/common_functions.py", line 478, in print_wrapper_func
+  File "/venv/lib/python3.11/site-packages/onnx2tf/ops/Slice.py", line 89, in make_node
+    if input_tensor_shape.rank is not None else None
+AttributeError: 'tuple' object has no attribute 'rank'
+
+\x1b[31mERROR:\x1b[0m input_onnx_file_path: model.onnx
+\x1b[31mERROR:\x1b[0m onnx_op_name: node_slice_1
+\x1b[31mERROR:\x1b[0m Read this and deal with it.
+"""
+    assert _onnx2tf_failure(log) == ("Slice", "node_slice_1", "AttributeError: 'tuple' object has no attribute 'rank'")
+
+
 def test_tfjs_unsupported_op_is_named(tmp_path):
     """A Keras layer computing a determinant: fine in TF, no TensorFlow.js kernel (MatrixDeterminant)."""
     import keras

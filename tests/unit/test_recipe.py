@@ -43,7 +43,8 @@ def with_(path, value):
 
 def test_demo_recipes_validate():
     names = {r.name for r in load_recipes(ROOT / "recipes")}
-    assert names == {"mobilenet_v2", "efficientnet_lite0", "face_onet", "fashion_cnn", "fashion_keras", "text_direction"}
+    assert names == {"mobilenet_v2", "efficientnet_lite0", "face_onet", "fashion_cnn", "fashion_keras", "text_direction",
+                     "minilm_embedding"}
 
 
 def test_good_recipe_defaults(tmp_path):
@@ -87,6 +88,12 @@ def test_good_recipe_defaults(tmp_path):
     (("inputs", 0, "compile_shape"), [1, 3, 8], "inputs.0", "must give a positive size for each of the 4"),
     (("inputs", 0, "compile_shape"), [1, 3, 9, 8], "inputs.0", "contradicts the fixed dimensions"),
     (("budget", "outputs"), {"scores": {"max_abs_error": 1}}, "<top>", "budget.outputs names ['scores']"),
+    (("budget", "min_retrieval_agreement"), 1.2, "budget.min_retrieval_agreement", "less than or equal to 1"),
+    # A loader that prepares data with the recipe's assets (a tokenizer) needs the recipe to name them.
+    (("data", "eval"), {"function": "model_sources.datasets:tokenized_sentences"}, "<top>",
+     "takes `assets`, but the recipe has no `assets`"),
+    (("assets",), {"my tokenizer": {"file": "t.json"}}, "assets", "use letters, digits"),
+    (("source", "unused_weights"), "pooler.*", "source.pytorch.unused_weights", "valid list"),
 ])
 def test_bad_field_named(tmp_path, path, value, field, words):
     p = write(tmp_path, with_(path, value))

@@ -150,6 +150,17 @@ def test_accuracy_is_judged_per_output_and_by_kind():
     assert v == ["box: max abs error 1 > 0.2"]  # named by output; top-1 applies to `p` only
     assert budget_violations(acc, Budget(min_top1_agreement=0.9, outputs={"p": OutputBudget(min_top1_agreement=1.0)})) \
         == []
+    # Retrieval: each sample's nearest other sample. Two near-duplicate pairs; an error moves sample 1 next to
+    # sample 2, which changes the neighbour of 1 and of 2.
+    base = np.array([[1, 0, 0], [0.99, 0.14, 0], [0, 1, 0], [0, 0.99, 0.14]])
+    swapped = base.copy()
+    swapped[1] = [0.1, 1, 0]
+    r = compare({"e": swapped}, {"e": base}, [OutputSpec(name="e", kind="embedding")], None)["outputs"]["e"]
+    assert r["retrieval_agreement"] == 0.5
+    assert budget_violations({"outputs": {"e": r}}, Budget(min_retrieval_agreement=0.9)) == \
+        ["retrieval agreement 0.5000 < 0.9 (nearest neighbour changed)"]
+    assert "retrieval_agreement" not in compare({"e": base[:2]}, {"e": base[:2]},
+                                                [OutputSpec(name="e", kind="embedding")], None)["outputs"]["e"]
     assert "cosine similarity not measurable" in budget_violations(compare({"y": ref}, {"y": ref},
                                                                            [OutputSpec(name="y", kind="raw")], None),
                                                                    Budget(min_cosine=0.9))[0]

@@ -73,6 +73,8 @@ export declare class Model {
   outputs: {name: string; kind: string}[];
   run(feeds: Record<string, Tensor>): Promise<Record<string, Tensor>>;
   labels(output?: string): Promise<string[] | null>;
+  /** A file published beside the model (the recipe's `assets`, e.g. `tokenizer`), sha256-checked. */
+  asset(name: string): Promise<ArrayBuffer>;
   preprocess(image: CanvasImageSource & {width: number; height: number}, input?: string): Record<string, Tensor>;
   release(): Promise<void>;
 }

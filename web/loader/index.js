@@ -296,6 +296,14 @@ export class Model {
     return JSON.parse(new TextDecoder().decode(await this.store.bytes(o.labels)));
   }
 
+  /** A file published beside the model (one of the recipe's `assets`, e.g. its tokenizer.json: the file the
+   *  evaluation prepared its inputs with), checked against its sha256 like the model's files. */
+  async asset(name) {
+    const assets = this.version.assets || {};
+    if (!(name in assets)) throw new Error(`no asset ${JSON.stringify(name)} (published: ${Object.keys(assets).join(', ') || 'none'})`);
+    return this.store.bytes(assets[name]);
+  }
+
   /** An image (ImageBitmap, HTMLImageElement, canvas, ...) as this model's input, as the recipe preprocessed it. */
   preprocess(image, input) {
     const spec = input ? this.inputs.find((i) => i.name === input) : this.inputs[0];

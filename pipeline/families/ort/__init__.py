@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.families import BuildInputs, VariantSpec, register
-from pipeline.families.ort.convert import copy_model, int4_matmul, int8_dynamic, int8_qdq, simplify, to_fp16, \
-    via_simplified
+from pipeline.families.ort.convert import copy_model, int8_dynamic, int8_qdq, simplify, to_fp16, via_simplified, \
+    weight_only
 
 MODEL_FILE = "model.onnx"
 
@@ -66,15 +66,19 @@ VARIANTS = [
             "accuracy gate decides."
         ),
     ),
-    VariantSpec(
-        name="int4", runtime="ort",
-        build=_variant(lambda src, dst, _: int4_matmul(src, dst)),
-        description=(
-            "4-bit weight-only (block 32, symmetric) for MatMul with constant 2-D weights -> com.microsoft "
-            "MatMulNBits; other ops stay float32. Starts from the canonical model, not the simplified one "
-            "(onnxsim fuses 2-D MatMul+Add into Gemm, which the quantizer skips). NotApplicable without such MatMul."
-        ),
-    ),
+    # Weight-only (block-wise, 32 weights per scale): each MatMul with a constant 2-D weight becomes com.microsoft
+    # MatMulNBits; activations stay float, so attention (activation x activation) is never quantized. They start
+    # from the canonical model, not the simplified one (onnxsim fuses 2-D MatMul+Add into Gemm, which the
+    # quantizer skips); NotApplicable without such a MatMul. The fp16 ones then convert to float16 compute.
+    *[VariantSpec(
+        name=f"{name}{'_fp16' if fp16 else ''}", runtime="ort",
+        build=_variant(lambda src, dst, _, bits=bits, fp16=fp16: weight_only(src, dst, bits=bits, fp16=fp16)),
+        required_features={"webgpu": ("shader-f16",)} if fp16 else {},
+        description=(f"{bits}-bit weight-only: MatMul -> MatMulNBits"
+                     + (", token-embedding tables (Gather) -> GatherBlockQuantized" if bits == 4 else
+                        "; embedding tables stay float (no 8-bit Gather in the quantizer)")
+                     + (", float16 activations." if fp16 else ", float32 activations.")),
+    ) for name, bits in (("int4", 4), ("int8_weights", 8)) for fp16 in (False, True)],
 ]
 
 register("ort", VARIANTS, module=__name__)

@@ -116,8 +116,25 @@ def to_fp16(src: Path, dst: Path, *, op_block_list: tuple[str, ...] | list[str] 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "the float32 number ... will be truncated" noise
         converted = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=block)
+    _cast_to_declared_type(converted)
     with model_output(Path(dst)) as staged:
         _finish(converted, staged, "to_fp16")
+
+
+def _cast_to_declared_type(model: onnx.ModelProto) -> int:
+    """onnxconverter-common retypes a Cast's output to float16 but leaves the Cast's own `to=FLOAT` (seen on the
+    attention mask of transformers' BERT: Cast(bool -> float) feeding float16 arithmetic), which onnxruntime
+    refuses to load. Make such Casts produce the type the converted graph declares for their output."""
+    declared = {v.name: v.type.tensor_type.elem_type for v in model.graph.value_info}
+    fixed = 0
+    for node in model.graph.node:
+        if node.op_type != "Cast" or declared.get(node.output[0]) != onnx.TensorProto.FLOAT16:
+            continue
+        for a in node.attribute:
+            if a.name == "to" and a.i == onnx.TensorProto.FLOAT:
+                a.i = onnx.TensorProto.FLOAT16
+                fixed += 1
+    return fixed
 
 
 def _preprocess_for_quant(src: Path, work: Path, step: str) -> Path:
@@ -309,17 +326,18 @@ def _drop_output_qdq(model: onnx.ModelProto) -> int:
     return removed
 
 
-def _int4_candidates(model: onnx.ModelProto) -> tuple[int, int]:
-    """(MatMul nodes with a constant 2-D weight as input B, Gemm nodes) in the main graph."""
+def _weight_only_candidates(model: onnx.ModelProto) -> tuple[int, int, int]:
+    """(MatMul nodes with a constant 2-D weight as input B, Gather nodes reading a constant 2-D table (token
+    embeddings), Gemm nodes) in the main graph."""
     inits = {i.name: i for i in model.graph.initializer}
-    n_mm = 0
-    for node in model.graph.node:
-        if node.op_type == "MatMul" and node.domain in ("", "ai.onnx") and len(node.input) == 2:
-            w = inits.get(node.input[1])
-            if w is not None and len(w.dims) == 2:
-                n_mm += 1
-    n_gemm = sum(1 for n in model.graph.node if n.op_type == "Gemm")
-    return n_mm, n_gemm
+
+    def const_2d(name: str) -> bool:
+        return name in inits and len(inits[name].dims) == 2
+
+    std = [n for n in model.graph.node if n.domain in ("", "ai.onnx")]
+    n_mm = sum(1 for n in std if n.op_type == "MatMul" and len(n.input) == 2 and const_2d(n.input[1]))
+    n_gather = sum(1 for n in std if n.op_type == "Gather" and const_2d(n.input[0]))
+    return n_mm, n_gather, sum(1 for n in std if n.op_type == "Gemm")
 
 
 def _import_matmul_nbits():
@@ -334,38 +352,48 @@ def _import_matmul_nbits():
     return matmul_nbits_quantizer
 
 
-@conversion_step("int4_matmul")
-def int4_matmul(src: Path, dst: Path, *, block_size: int = 32, is_symmetric: bool = True) -> None:
-    """4-bit weight-only quantization: MatMul with a constant 2-D weight -> com.microsoft MatMulNBits.
+@conversion_step("weight_only")
+def weight_only(src: Path, dst: Path, *, bits: int, block_size: int = 32, is_symmetric: bool = True,
+                fp16: bool = False) -> None:
+    """Block-wise weight-only quantization, onnxruntime's MatMulNBitsQuantizer: each MatMul with a constant 2-D
+    weight -> com.microsoft MatMulNBits (`bits` 4 or 8); with 4 bits, constant embedding tables read by Gather
+    -> GatherBlockQuantized as well (the quantizer has no 8-bit Gather: those tables stay float). Activations
+    stay float, so attention (MatMul of two activations) is never quantized. With `fp16`, the quantized model is
+    then converted to float16 compute (quantizing first: the quantizer skips float16 weights).
 
-    onnxruntime's MatMulNBitsQuantizer handles MatMul only (and Gather, not used here): Gemm is left in float,
-    so a model whose only matrix products are Gemm/Conv raises :class:`NotApplicable`.
+    MatMulNBitsQuantizer handles MatMul and Gather only: a model whose matrix products are all Gemm/Conv raises
+    :class:`NotApplicable`.
     """
     mnb = _import_matmul_nbits()
-
+    step = f"weight_only int{bits}{' fp16' if fp16 else ''}"
+    if bits not in (4, 8):
+        raise ConversionError(f"{step}: bits must be 4 or 8, got {bits}")
     if block_size < 16 or block_size & (block_size - 1):
-        raise ConversionError(f"int4_matmul: block_size must be a power of two >= 16, got {block_size}")
-    model = load_model(src, "int4_matmul")
-    _ort_loads(Path(src), "int4_matmul (source model)")
-    n_mm, n_gemm = _int4_candidates(model)
+        raise ConversionError(f"{step}: block_size must be a power of two >= 16, got {block_size}")
+    model = load_model(src, step)
+    _ort_loads(Path(src), f"{step} (source model)")
+    n_mm, n_gather, n_gemm = _weight_only_candidates(model)
     if n_mm == 0:
         why = (f"; it has {n_gemm} Gemm node(s), which MatMulNBitsQuantizer does not handle" if n_gemm else "")
-        raise NotApplicable(f"int4_matmul: {src} has no MatMul with a constant 2-D weight{why}")
-    q = mnb.MatMulNBitsQuantizer(
-        model,
-        bits=4,
-        block_size=block_size,
-        is_symmetric=is_symmetric,
-        quant_format=mnb.QuantFormat.QOperator,
-        op_types_to_quantize=("MatMul",),
-    )
-    q.process()
-    out = q.model.model
-    n_nbits = sum(1 for n in out.graph.node if n.op_type == "MatMulNBits")
-    if n_nbits == 0:
-        raise NotApplicable(f"int4_matmul: quantizer replaced no MatMul of {src}")
-    with model_output(Path(dst)) as staged:
-        _finish(out, staged, "int4_matmul")
+        raise NotApplicable(f"{step}: {src} has no MatMul with a constant 2-D weight{why}")
+
+    def quantize(m: onnx.ModelProto, ops: tuple[str, ...], b: int) -> onnx.ModelProto:
+        q = mnb.MatMulNBitsQuantizer(m, bits=b, block_size=block_size, is_symmetric=is_symmetric,
+                                     quant_format=mnb.QuantFormat.QOperator, op_types_to_quantize=ops,
+                                     quant_axes=(("MatMul", 0), ("Gather", 1)))
+        q.process()
+        return q.model.model
+
+    out = quantize(model, ("MatMul", "Gather") if bits == 4 and n_gather else ("MatMul",), bits)
+    if not any(n.op_type == "MatMulNBits" for n in out.graph.node):
+        raise NotApplicable(f"{step}: quantizer replaced no MatMul of {src}")
+    if not fp16:
+        with model_output(Path(dst)) as staged:
+            _finish(out, staged, step)
+        return
+    with scratch_dir(Path(dst)) as work:
+        save_model(out, work / "quantized.onnx")
+        to_fp16(work / "quantized.onnx", dst)
 
 
 @conversion_step("copy")

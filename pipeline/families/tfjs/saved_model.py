@@ -154,12 +154,19 @@ def _onnx2tf_failure(log: str) -> tuple[str | None, str | None, str]:
     text = _ANSI.sub("", log)
     ops = _ONNX2TF_OP_LINE.findall(text)
     op, node = (ops[-1] if ops else (None, None))
+    if op is None:  # newer onnx2tf: "ERROR: onnx_op_name: X" after a traceback through onnx2tf/ops/<Op>.py
+        named = re.findall(r"onnx_op_name:\s*(\S+)", text)
+        frames = re.findall(r"onnx2tf/ops/(\w+)\.py", text)
+        if named and frames:
+            op, node = frames[-1], named[-1]
     missing = re.search(r"No module named 'onnx2tf\.ops\.(\w+)'", text)
     if missing:
         op, node = missing.group(1), node or "?"
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    # The exception itself says most; onnx2tf's own ERROR lines after it are generic advice.
+    raised = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception)\b.*:", ln)]
     errs = [ln for ln in lines if ln.startswith("ERROR") or "Error" in ln or "error" in ln.split(":")[0]]
-    summary = errs[-1] if errs else (lines[-1] if lines else "no output")
+    summary = (raised or errs or lines or ["no output"])[-1]
     return op, node, summary[:400]
 
 

