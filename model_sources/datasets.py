@@ -428,9 +428,24 @@ def text_direction_lines(input_name: str = "x", *, limit: int | None = None,
     ``"page.L2.p1of3.rot0"`` / ``"...rot180"``. ``limit`` keeps the first ``limit`` samples (pairs
     stay adjacent, so an even limit keeps the classes balanced).
     """
+    arrays, labels, ids = [], [], []
+    for stem, rgb in page_text_crops(splits):
+        for rot, label in ((0, 0), (180, 1)):
+            img = rgb if rot == 0 else np.ascontiguousarray(rgb[::-1, ::-1])
+            arrays.append(cls_resize_norm_img(img))
+            labels.append(label)
+            ids.append(f"{stem}.rot{rot}")
+    if limit is not None:
+        arrays, labels, ids = arrays[:limit], labels[:limit], ids[:limit]
+    x = np.ascontiguousarray(np.stack(arrays), dtype=np.float32)
+    return EvalSet(inputs={input_name: x}, labels=np.asarray(labels, dtype=np.int64), ids=ids)
+
+
+def page_text_crops(splits: tuple[int, ...] = (1, 2, 3)):
+    """Upright text crops from ``skimage/data/page.png``: each segmented line whole and cut into 2 and 3 pieces
+    (`splits`) at word gaps, margins trimmed; yields (id, uint8 [H, W, 3])."""
     from PIL import Image
 
-    arrays, labels, ids = [], [], []
     for name in TEXT_IMAGES:
         with Image.open(_skimage_data(name)) as im:
             gray = np.asarray(im.convert("L"))
@@ -452,17 +467,39 @@ def text_direction_lines(input_name: str = "x", *, limit: int | None = None,
                         continue
                     m = max(2, (bot - top) // 4)
                     crop = crop[:, max(0, cols[0] - m): cols[-1] + 1 + m]
-                    rgb = np.ascontiguousarray(np.repeat(crop[:, :, None], 3, axis=2))
-                    stem = f"{Path(name).stem}.L{li}.p{pi + 1}of{parts}"
-                    for rot, label in ((0, 0), (180, 1)):
-                        img = rgb if rot == 0 else np.ascontiguousarray(rgb[::-1, ::-1])
-                        arrays.append(cls_resize_norm_img(img))
-                        labels.append(label)
-                        ids.append(f"{stem}.rot{rot}")
+                    yield (f"{Path(name).stem}.L{li}.p{pi + 1}of{parts}",
+                           np.ascontiguousarray(np.repeat(crop[:, :, None], 3, axis=2)))
+
+
+# PaddleOCR's text recognizer (PP-OCRv4, CTC head) as rapidocr ships it; it takes [N, 3, 48, W] and gives per
+# 4-pixel column the probabilities of blank + its 6623 characters + space.
+REC_MODEL_RELPATH = "models/ch_PP-OCRv4_rec_infer.onnx"
+REC_IMAGE_SHAPE = (3, 48, 320)
+
+
+def text_recognition_lines(input_name: str = "x", *, width: int = REC_IMAGE_SHAPE[2],
+                           limit: int | None = None) -> EvalSet:
+    """The upright crops of :func:`page_text_crops`, preprocessed like rapidocr's ``TextRecognizer``: height 48,
+    width by the aspect ratio (at most `width`), /255, (x-0.5)/0.5, zero-padded on the right to `width`. No
+    transcriptions exist for the page: recognizers are judged by agreement with the native model's decoding."""
+    arrays, ids = [], []
+    for stem, rgb in page_text_crops():
+        arrays.append(cls_resize_norm_img(rgb, (REC_IMAGE_SHAPE[0], REC_IMAGE_SHAPE[1], width)))
+        ids.append(stem)
     if limit is not None:
-        arrays, labels, ids = arrays[:limit], labels[:limit], ids[:limit]
-    x = np.ascontiguousarray(np.stack(arrays), dtype=np.float32)
-    return EvalSet(inputs={input_name: x}, labels=np.asarray(labels, dtype=np.int64), ids=ids)
+        arrays, ids = arrays[:limit], ids[:limit]
+    return EvalSet(inputs={input_name: np.ascontiguousarray(np.stack(arrays), dtype=np.float32)}, labels=None,
+                   ids=ids)
+
+
+def text_recognition_labels() -> list[str]:
+    """The recognizer's classes in output order, as PaddleOCR decodes them: "blank" (the CTC blank), the
+    characters stored in the model file's metadata (`character`), then a space."""
+    import onnx
+
+    model = onnx.load(str(package_file(CLS_MODEL_PACKAGE, REC_MODEL_RELPATH)), load_external_data=False)
+    chars = {p.key: p.value for p in model.metadata_props}["character"].splitlines()
+    return ["blank", *chars, " "]
 
 
 def text_cls_model_path() -> Path:

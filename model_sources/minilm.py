@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import torch
-from torch.nn import functional as F
 from transformers import BertConfig, BertModel
 
 from .packages import package_file
@@ -23,7 +22,9 @@ class SentenceEmbedder(BertModel):
                             token_type_ids=token_type_ids).last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(h.dtype)
         pooled = (h * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        return F.normalize(pooled, p=2, dim=-1)
+        # F.normalize, written as a broadcast division: F.normalize exports an Expand to a computed shape, which
+        # TVM's importer cannot size statically.
+        return pooled / pooled.norm(p=2, dim=-1, keepdim=True).clamp(min=1e-12)
 
 
 def build(config: dict | None = None) -> SentenceEmbedder:

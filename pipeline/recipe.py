@@ -237,8 +237,11 @@ class InputSpec(_Strict):
 
 class OutputSpec(_Strict):
     name: str
-    # logits: argmax is the prediction (top-1 agreement and labelled accuracy apply)
-    kind: Literal["logits", "probabilities", "embedding", "raw"] = "raw"
+    # logits / probabilities: argmax is the prediction (top-1 agreement and labelled accuracy apply); ctc: scores
+    # [batch, steps, classes] decoded greedily (best class per step, repeats merged, `blank` dropped), judged as
+    # text; embedding: cosine and retrieval; raw: errors only.
+    kind: Literal["logits", "probabilities", "ctc", "embedding", "raw"] = "raw"
+    blank: int = Field(0, ge=0)  # ctc: the blank class
     # Where the batch is in this output (first by default); null: none (one sample per call).
     batch_axis: int | None = 0
     # A function returning the class names along the last axis, in order: published with the model (a JSON file
@@ -282,6 +285,9 @@ class OutputBudget(_Strict):
     min_cosine: float | None = Field(None, ge=-1, le=1)         # embeddings: per sample
     # embeddings: fraction of samples whose nearest other sample (cosine) is the reference's
     min_retrieval_agreement: float | None = Field(None, ge=0, le=1)
+    # ctc: fraction of samples decoded exactly as the reference; edits / reference characters, over all samples
+    min_sequence_match: float | None = Field(None, ge=0, le=1)
+    max_char_error_rate: float | None = Field(None, ge=0)
 
 
 class Budget(OutputBudget):

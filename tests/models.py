@@ -347,6 +347,51 @@ def embedder_recipe(**fields) -> dict:
             "data": {"eval": {"function": "model_sources.datasets:tokenized_sentences",
                               "args": {"max_length": 16, "limit": 12}}, "eval_batch": 4},
             "budget": {"min_cosine": 0.99, "min_retrieval_agreement": 0.9},
-            "targets": ["wasm"], "variants": ["fp32", "int8_weights", "int4"],
+            "targets": ["wasm"], "variants": ["fp32", "int8_weights", "int4", "int4_fp16"],
+            "measure": {"wasm": {"runs": 3, "warmup": 1, "qoe_modes": []}},
+            **fields}
+
+
+def TinyCTC(classes: int = 6):  # noqa: N802
+    """A text-recognizer head as OCR models have it: image [batch, 1, 8, width] -> per 2-pixel column the
+    probabilities of `classes` (blank first) [batch, width/2, classes]."""
+    torch = _torch()
+    nn = torch.nn
+
+    class _CTC(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 8, 3, stride=(1, 2), padding=1)
+            self.head = nn.Linear(8, classes)
+
+        def forward(self, x):
+            f = torch.relu(self.conv(x)).mean(2).transpose(1, 2)  # [batch, steps, 8]
+            return torch.softmax(self.head(f) * 4, -1)
+
+    return _CTC().eval()
+
+
+def train_ctc(out_path, seed: int = 0) -> dict:
+    torch = _torch()
+    torch.manual_seed(seed)
+    torch.save(TinyCTC().state_dict(), out_path)
+    return {"seed": seed}
+
+
+def ctc_samples(n: int = 8, width: int = 24, seed: int = 3) -> EvalSet:
+    rng = np.random.default_rng(seed)
+    return EvalSet(inputs={"image": rng.standard_normal((n, 1, 8, width)).astype(np.float32)}, labels=None,
+                   ids=[f"line{i}" for i in range(n)])
+
+
+def ctc_recipe(**fields) -> dict:
+    return {"name": "ctc", "version": "1",
+            "source": {"kind": "pytorch", "module": {"function": "models:TinyCTC"},
+                       "weights": {"trainer": {"function": "models:train_ctc"}}},
+            "inputs": [{"name": "image", "shape": ["batch", 1, 8, "width"], "compile_shape": [1, 1, 8, 24]}],
+            "outputs": [{"name": "probs", "kind": "ctc"}],
+            "data": {"eval": {"function": "models:ctc_samples"}, "eval_batch": 4},
+            "budget": {"max_char_error_rate": 0.0, "min_sequence_match": 1.0},
+            "targets": ["wasm"], "variants": ["fp32", "int8_dynamic"],
             "measure": {"wasm": {"runs": 3, "warmup": 1, "qoe_modes": []}},
             **fields}

@@ -9,7 +9,7 @@ import numpy as np
 if TYPE_CHECKING:  # annotations only: the recipe schema imports this package
     from pipeline.recipe import Budget, OutputSpec
 
-ARGMAX_KINDS = ("logits", "probabilities")
+ARGMAX_KINDS = ("logits", "probabilities", "ctc")
 
 
 # A timing is flagged, not trusted, when its spread is large against its median or it has too few runs.
@@ -43,7 +43,29 @@ def decisions(x: np.ndarray, kind: str) -> np.ndarray:
     return x.argmax(-1)
 
 
-def output_accuracy(got: np.ndarray, ref: np.ndarray, kind: str, labels: np.ndarray | None) -> dict:
+def ctc_decode(x: np.ndarray, blank: int = 0) -> list[tuple[int, ...]]:
+    """Greedy CTC decoding of [N, T, C] scores: the best class per step, repeats merged, blanks dropped."""
+    out = []
+    for row in np.asarray(x).argmax(-1).reshape(len(x), -1):
+        new = np.ones(row.shape, dtype=bool)
+        new[1:] = row[1:] != row[:-1]
+        out.append(tuple(int(k) for k in row[new & (row != blank)]))
+    return out
+
+
+def edit_distance(a: tuple, b: tuple) -> int:
+    """Levenshtein distance (insertions, deletions, substitutions) between two sequences."""
+    prev = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        cur = [i]
+        for j, y in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
+        prev = cur
+    return prev[-1]
+
+
+def output_accuracy(got: np.ndarray, ref: np.ndarray, kind: str, labels: np.ndarray | None,
+                    blank: int = 0) -> dict:
     """How one output agrees with the reference, by what the output is (OutputSpec.kind)."""
     o: dict = {"kind": kind}
     if not np.all(np.isfinite(got)):
@@ -65,6 +87,12 @@ def output_accuracy(got: np.ndarray, ref: np.ndarray, kind: str, labels: np.ndar
             o["label_accuracy"] = float((pred == labels).mean())
             o["native_label_accuracy"] = float((ref_pred == labels).mean())
             o["accuracy_drop"] = o["native_label_accuracy"] - o["label_accuracy"]
+    if kind == "ctc" and got.ndim == 3:
+        # What a user reads: the decoded text (per step, a changed blank/repeat may not change it, and vice versa).
+        g, r = ctc_decode(got, blank), ctc_decode(ref, blank)
+        o["sequence_match"] = float(np.mean([a == b for a, b in zip(g, r)]))
+        o["char_error_rate"] = sum(edit_distance(a, b) for a, b in zip(g, r)) / max(sum(len(b) for b in r), 1)
+        o["reference_chars"] = sum(len(b) for b in r)
     if kind == "embedding":
         g, r = got.reshape(len(got), -1), ref.reshape(len(ref), -1)
         cos = (g * r).sum(1) / (np.linalg.norm(g, axis=1) * np.linalg.norm(r, axis=1) + 1e-12)
@@ -91,7 +119,8 @@ def retrieval_agreement(got: np.ndarray, ref: np.ndarray) -> float:
 
 # Per-output figures summarised for the whole model (the report's columns, the release gate): the worst output.
 WORST = {"max_abs_error": max, "max_rel_error": max, "top1_agreement": min, "sequence_agreement": min,
-         "min_cosine": min, "retrieval_agreement": min, "accuracy_drop": max}
+         "min_cosine": min, "retrieval_agreement": min, "sequence_match": min, "char_error_rate": max,
+         "accuracy_drop": max}
 
 
 def compare(outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray], specs: list[OutputSpec],
@@ -106,7 +135,7 @@ def compare(outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray], sp
         ref = np.asarray(reference[spec.name], dtype=np.float64)
         if got.shape != ref.shape:
             raise ValueError(f"output {spec.name!r} has shape {got.shape}, native has {ref.shape}")
-        per[spec.name] = output_accuracy(got, ref, spec.kind, labels)
+        per[spec.name] = output_accuracy(got, ref, spec.kind, labels, spec.blank)
     m: dict = {"samples": int(len(next(iter(reference.values())))), "outputs": per}
     for key, worst in WORST.items():
         vals = [o[key] for o in per.values() if key in o]
@@ -154,6 +183,14 @@ def budget_violations(acc: dict, budget: Budget) -> list[str]:
             checked.add("min_cosine")
             if o["min_cosine"] < b["min_cosine"]:
                 out.append(f"{who}cosine similarity {o['min_cosine']:.5f} < {b['min_cosine']}")
+        if b.get("min_sequence_match") is not None and "sequence_match" in o:
+            checked.add("min_sequence_match")
+            if o["sequence_match"] < b["min_sequence_match"]:
+                out.append(f"{who}decoded sequences match {o['sequence_match']:.4f} < {b['min_sequence_match']}")
+        if b.get("max_char_error_rate") is not None and "char_error_rate" in o:
+            checked.add("max_char_error_rate")
+            if o["char_error_rate"] > b["max_char_error_rate"]:
+                out.append(f"{who}character error rate {o['char_error_rate']:.4f} > {b['max_char_error_rate']}")
         if b.get("min_retrieval_agreement") is not None and "retrieval_agreement" in o:
             checked.add("min_retrieval_agreement")
             if o["retrieval_agreement"] < b["min_retrieval_agreement"]:
@@ -163,6 +200,8 @@ def budget_violations(acc: dict, budget: Budget) -> list[str]:
            "max_accuracy_drop": "labelled accuracy not measurable (no labels or no logits output)",
            "min_cosine": "cosine similarity not measurable (no embedding output)",
            "min_retrieval_agreement": "retrieval agreement not measurable (no embedding output, or under 3 samples)",
+           "min_sequence_match": "decoded sequences not measurable (no ctc output [N, T, classes])",
+           "max_char_error_rate": "character error rate not measurable (no ctc output [N, T, classes])",
            "max_abs_error": "max abs error not measurable", "max_rel_error": "max relative error not measurable"}
     for key in budget.bounds() - checked:
         out.append(why[key])

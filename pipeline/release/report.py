@@ -27,6 +27,7 @@ def candidate_rows(candidates) -> list[dict]:
             "peak_memory_bytes": rec.get("peak_memory_bytes"),
             "top1_agreement": acc.get("top1_agreement"), "label_accuracy": acc.get("label_accuracy"),
             "accuracy_drop": acc.get("accuracy_drop"), "max_abs_error": acc.get("max_abs_error"),
+            **{k: acc.get(k) for k in ("min_cosine", "retrieval_agreement", "sequence_match", "char_error_rate")},
             "console_errors": rec.get("console_errors", [])[:5], "env": rec.get("env"),
             "ship_in": (rec.get("ship_mode") or {}).get("mode"),
             **{f"{mode}_{k}": _qoe(rec, mode, k) for mode in ("main", "worker")
@@ -68,11 +69,15 @@ COLUMNS = [("variant", "variant"), ("runtime", "runtime"), ("status", "status"),
            ("p90_ms", "p90 ms"), ("timing_noisy", "noisy?"), ("native_median_ms", "native ms"), ("slowdown_vs_native", "× native"),
            ("cold_start_ms", "cold start ms"), ("download_bytes", "bytes"), ("peak_memory_bytes", "peak mem B"),
            ("top1_agreement", "top-1 agree"), ("label_accuracy", "label acc"), ("max_abs_error", "max |err|"),
+           ("min_cosine", "min cosine"), ("retrieval_agreement", "retrieval agree"),
+           ("sequence_match", "text match"), ("char_error_rate", "CER"),
            ("main_fps", "fps (main)"), ("main_input_delay_p95_ms", "input delay p95 ms (main)"),
            ("worker_fps", "fps (worker)"), ("worker_input_delay_p95_ms", "input delay p95 ms (worker)"),
            ("ship_in", "ship in"),
            ("reasons", "why not")]
 
+
+ALWAYS = {"variant", "runtime", "status", "median_ms", "reasons"}
 
 PALETTE = {"ort": "#1f77b4", "tfjs": "#ff7f0e", "tvm": "#2ca02c"}
 
@@ -158,7 +163,11 @@ def write_html_report(folder: Path, results: list[dict]) -> Path:
         for dec in rep.get("decisions", []):
             t = dec["target"]
             rows = [r for r in rep.get("candidates", []) if r["target"] == t]
-            acc_key = "top1_agreement" if any(r.get("top1_agreement") is not None for r in rows) else "max_abs_error"
+            # The accuracy axis: the model's own measure (text for OCR, cosine for embeddings, top-1, else error).
+            acc_key = next((k for k in ("sequence_match", "min_cosine", "top1_agreement")
+                            if any(r.get(k) is not None for r in rows)), "max_abs_error")
+            # Columns no candidate has a value for (cosine for a classifier) are left out.
+            columns = [(k, h) for k, h in COLUMNS if k in ALWAYS or any(r.get(k) not in (None, []) for r in rows)]
             parts.append(f"<h3>target {html.escape(t)}: {html.escape(dec['status'])}"
                          f"{' — ' + html.escape(dec['chosen']) if dec['chosen'] else ''}</h3>"
                          f"<p>{html.escape(dec['reason'])}</p>")
@@ -169,11 +178,11 @@ def write_html_report(folder: Path, results: list[dict]) -> Path:
                          + _bars_svg(rows, "main_input_delay_p95_ms", "input delay p95 ms, inference on main thread")
                          + _bars_svg(rows, "worker_input_delay_p95_ms", "input delay p95 ms, inference in a worker")
                          + "</div>")
-            parts.append("<table><tr>" + "".join(f"<th>{h}</th>" for _, h in COLUMNS) + "</tr>")
+            parts.append("<table><tr>" + "".join(f"<th>{h}</th>" for _, h in columns) + "</tr>")
             for row in rows:
                 cls = "win" if row["variant"] == dec["chosen"] else ("bad" if not row["eligible"] else "")
                 cells = []
-                for k, _ in COLUMNS:
+                for k, _ in columns:
                     v = row.get(k)
                     v = "; ".join(v) if isinstance(v, list) else _fmt(v, 4)
                     cells.append(f"<td>{html.escape(v)}</td>")

@@ -204,3 +204,27 @@ def test_inputs_with_their_batch_elsewhere_a_scalar_and_a_constant(tmp_path):
     onnx_model = onnx.load(next((art / "build" / "cell" / "1").glob("CanonicalOnnx-*/model.onnx")))
     dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in onnx_model.graph.input}
     assert dims == {"x": ["batch", 4], "state": [2, "batch", 3], "gain": []}
+
+
+def test_ctc_recognizer_is_judged_by_its_decoded_text(tmp_path):
+    """An OCR-style CTC head with a dynamic width: every candidate is judged by the text greedy decoding reads."""
+    from models import ctc_recipe
+
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "ctc.yaml").write_text(yaml.safe_dump(ctc_recipe()))
+    art = tmp_path / "art"
+    assert build(tmp_path / "recipes", art).scheduling_succeeded
+    v = read_index(art / "registry")["models"]["ctc"]["versions"]["1"]
+    report = json.loads((art / "registry" / v["report"]["path"]).read_text())
+    rows = {r["variant"]: r for r in report["candidates"]}
+    assert rows["fp32"]["status"] == "ok" and rows["fp32"]["sequence_match"] == 1.0
+    assert rows["fp32"]["char_error_rate"] == 0.0
+    t = v["targets"]["wasm"]
+    assert t["status"] == "chosen", t["reason"]
+    o = t["metrics"]["accuracy"]["outputs"]["probs"]
+    assert o["kind"] == "ctc" and o["positions"] == 12 and o["reference_chars"] > 0
+    # Whatever int8 did to the text is what decided it.
+    q = rows["int8_dynamic"]
+    if q["status"] == "ok":
+        assert q["eligible"] == (q["char_error_rate"] == 0.0 and q["sequence_match"] == 1.0), q
+

@@ -44,7 +44,7 @@ def with_(path, value):
 def test_demo_recipes_validate():
     names = {r.name for r in load_recipes(ROOT / "recipes")}
     assert names == {"mobilenet_v2", "efficientnet_lite0", "face_onet", "fashion_cnn", "fashion_keras", "text_direction",
-                     "minilm_embedding"}
+                     "minilm_embedding", "text_recognition"}
 
 
 def test_good_recipe_defaults(tmp_path):

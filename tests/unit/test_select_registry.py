@@ -170,3 +170,31 @@ def test_capped_accuracy_is_marked_in_the_decision():
     c = cand("a", median=1.0)
     c.record = {"accuracy": {"samples": 16, "of_samples": 56}}
     assert "[accuracy on 16 of 56 samples]" in select("wasm", [c]).reason
+
+
+def test_ctc_output_is_judged_as_decoded_text():
+    """A CTC head [N, T, classes]: greedy decoding (best class per step, repeats merged, blanks dropped); a step
+    that changes only where a blank sits reads the same text, a changed character does not."""
+    from pipeline.evaluate.metrics import ctc_decode, edit_distance
+
+    def scores(steps, classes=5):
+        x = np.full((len(steps), classes), -5.0)
+        x[np.arange(len(steps)), steps] = 5.0
+        return x
+
+    ref = np.stack([scores([1, 1, 0, 2, 0, 0]), scores([3, 0, 3, 4, 4, 0]), scores([2, 2, 2, 0, 0, 0])])
+    assert ctc_decode(ref) == [(1, 2), (3, 3, 4), (2,)]
+    got = ref.copy()
+    got[0] = scores([1, 0, 0, 2, 2, 0])  # blank moved, repeat added: still "1 2"
+    got[1] = scores([3, 0, 1, 4, 4, 0])  # one character changed
+    o = compare({"t": got}, {"t": ref}, [OutputSpec(name="t", kind="ctc")], None)["outputs"]["t"]
+    assert o["top1_agreement"] == pytest.approx(15 / 18) and o["sequence_match"] == pytest.approx(2 / 3)
+    assert o["char_error_rate"] == pytest.approx(1 / 6) and o["reference_chars"] == 6
+    assert budget_violations({"outputs": {"t": o}}, Budget(max_char_error_rate=0.2, min_sequence_match=0.6)) == []
+    assert budget_violations({"outputs": {"t": o}}, Budget(max_char_error_rate=0.1)) == \
+        ["character error rate 0.1667 > 0.1"]
+    assert edit_distance((1, 2, 3), (1, 3)) == 1 and edit_distance((), (4, 4)) == 2
+    # Another blank class (some models put it last).
+    assert ctc_decode(ref, blank=2) == [(1, 0, 0), (3, 0, 3, 4, 0), (0,)]  # a blank between repeats keeps both
+    assert "decoded sequences not measurable" in budget_violations(
+        compare({"y": ref}, {"y": ref}, [OutputSpec(name="y", kind="raw")], None), Budget(min_sequence_match=0.9))[0]
