@@ -84,6 +84,10 @@ class MeasureRequest:
     # sample per call: eval_batch must be 1). Names not listed have their batch first.
     input_batch_axes: dict[str, int | None] = field(default_factory=dict)
     output_batch_axes: dict[str, int | None] = field(default_factory=dict)
+    # A stateful model: samples are consecutive steps of sequences of `sequence_length`; after a sequence's first
+    # step each input named here (output -> input) is the previous step's output (eval one sample at a time).
+    feedback: dict[str, str] = field(default_factory=dict)
+    sequence_length: int | None = None
 
 
 @dataclass
@@ -238,6 +242,7 @@ def _run_page(req: MeasureRequest, origin: str, job_prefix: str, on_stage=None) 
             "warmup": int(req.warmup), "runs": int(req.runs), "evalBatch": max(1, int(req.eval_batch)),
             "requiredFeatures": list(req.required_features), "jobBase": job_prefix,
             "debugHangStage": req.debug_hang_stage,
+            "feedback": dict(req.feedback) or None, "sequenceLength": req.sequence_length,
             "qoe": {"modes": list(req.qoe_modes), "durationMs": float(req.qoe_duration_ms)} if req.qoe_modes else None,
         }
         gpu = gpu_pids()

@@ -266,6 +266,20 @@ class DataSpec(_Strict):
     eval: CallableRef  # returns model_sources.datasets.EvalSet
     calibration: CallableRef | None = None  # needed by int8_qdq; defaults to the eval data
     eval_batch: int = Field(1, ge=1, le=4096)
+    # A stateful model evaluated over sequences: the samples are consecutive steps of sequences of
+    # `sequence_length` steps, and each output named in `feedback` is fed back as the named input at the next
+    # step (the data's own value is used at a sequence's first step only), natively and in the browser alike.
+    # Accuracy is then also reported per step (does the error grow along a sequence?).
+    sequence_length: int | None = Field(None, ge=1)
+    feedback: dict[str, str] = Field(default_factory=dict)  # output name -> input name
+
+    @model_validator(mode="after")
+    def _feedback_needs_sequences(self):
+        if self.feedback and self.sequence_length is None:
+            raise ValueError("feedback needs sequence_length (how many consecutive samples form one sequence)")
+        if self.feedback and self.eval_batch != 1:
+            raise ValueError("with feedback, each step needs the previous one's outputs: eval_batch must be 1")
+        return self
 
     @field_validator("eval", "calibration")
     @classmethod
@@ -426,6 +440,21 @@ class Recipe(_Strict):
         why += [f"output {o.name} (batch on axis {o.batch_axis})" for o in self.outputs if o.batch_axis != 0]
         if why and self.data.eval_batch != 1:
             raise ValueError(f"data.eval_batch must be 1 for this model: {', '.join(why)}")
+        return self
+
+    @model_validator(mode="after")
+    def _feedback_names(self):
+        inputs, outputs = {i.name: i for i in self.inputs}, {o.name: o for o in self.outputs}
+        for out, inp in self.data.feedback.items():
+            if out not in outputs:
+                raise ValueError(f"data.feedback: {out!r} is not an output ({list(outputs)})")
+            if inp not in inputs or inputs[inp].value is not None:
+                raise ValueError(f"data.feedback: {inp!r} is not an input the data gives ({list(inputs)})")
+            if outputs[out].batch_axis != inputs[inp].batch_axis:
+                raise ValueError(f"data.feedback: output {out!r} has its batch on axis {outputs[out].batch_axis}, "
+                                 f"input {inp!r} on axis {inputs[inp].batch_axis}: they must match to feed back")
+        if self.data.feedback and self.source.kind == "keras":
+            raise ValueError("data.feedback: stateful evaluation is implemented for pytorch and onnx sources")
         return self
 
     @model_validator(mode="after")

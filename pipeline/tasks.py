@@ -253,6 +253,9 @@ class EvalData(RecipeTask):
               "inputs": [i.model_dump(mode="json") for i in self.recipe.inputs]}
         if takes_assets(self.loader()):  # the data depends on the assets' content (a tokenizer)
             fp["assets"] = asset_hashes(self.recipe)
+        d = self.recipe.data
+        if d.sequence_length or d.feedback:  # how samples are fed (every result downstream depends on it)
+            fp["sequences"] = {"length": d.sequence_length, "feedback": d.feedback}
         return fp
 
     def folder_name(self):

@@ -4,7 +4,7 @@
 // The page knows targets; the runtime adapter (/runtimes/<runtime>.js, interface in adapter.js) only
 // knows how to load/run/release on one, through its own backend.
 //
-// cfg (from harness.py): {runtime, target, threads, warmup, runs, evalBatch, requiredFeatures, jobBase,
+// cfg (from harness.py): {runtime, target, threads, warmup, runs, evalBatch, feedback, sequenceLength, requiredFeatures, jobBase,
 //                         debugHangStage, qoe: {modes, durationMs} | null}
 
 import {TYPED, probeTarget, servedRuntime} from '/runtimes/adapter.js';
@@ -210,9 +210,23 @@ async function bench(cfg) {
     res.first_inference_ms = performance.now() - t0;
 
     setStage('eval', cfg);
-    for (let i = 0; i < n; i += cfg.evalBatch) {
-      const count = Math.min(cfg.evalBatch, n - i);
-      res.eval_outputs.push(encodeOutputs(await adapter.run(feedsFor(inputs, i, count))));
+    if (cfg.feedback) {
+      // A stateful model over sequences, one step at a time: after a sequence's first step each fed-back input
+      // is the previous step's output (as the app would run it), not the data's value.
+      let prev = null;
+      for (let i = 0; i < n; i++) {
+        const feeds = feedsFor(inputs, i, 1);
+        if (i % cfg.sequenceLength !== 0) {
+          for (const [out, inp] of Object.entries(cfg.feedback)) feeds[inp] = {...prev[out], dims: feeds[inp].dims};
+        }
+        prev = await adapter.run(feeds);
+        res.eval_outputs.push(encodeOutputs(prev));
+      }
+    } else {
+      for (let i = 0; i < n; i += cfg.evalBatch) {
+        const count = Math.min(cfg.evalBatch, n - i);
+        res.eval_outputs.push(encodeOutputs(await adapter.run(feedsFor(inputs, i, count))));
+      }
     }
 
     setStage('warmup', cfg);

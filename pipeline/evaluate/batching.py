@@ -4,7 +4,7 @@ a fixed-size state). This is the one place that turns one into the other, both w
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -16,10 +16,14 @@ class BatchAxes:
 
     inputs: dict[str, int | None] = field(default_factory=dict)
     outputs: dict[str, int | None] = field(default_factory=dict)
+    # A stateful model (recipe data.feedback): output -> the input it becomes at the next of `steps` steps.
+    feedback: dict[str, str] = field(default_factory=dict)
+    steps: int | None = None
 
     @classmethod
     def of(cls, recipe) -> "BatchAxes":
-        return cls({i.name: i.batch_axis for i in recipe.inputs}, {o.name: o.batch_axis for o in recipe.outputs})
+        return cls({i.name: i.batch_axis for i in recipe.inputs}, {o.name: o.batch_axis for o in recipe.outputs},
+                   dict(recipe.data.feedback), recipe.data.sequence_length)
 
     @property
     def leading(self) -> bool:
@@ -57,3 +61,19 @@ def batches(inputs: dict[str, np.ndarray], batch: int, axes: BatchAxes = LEADING
 def concat(chunks: list[dict[str, np.ndarray]], axes: BatchAxes = LEADING) -> dict[str, np.ndarray]:
     """Outputs of successive batches as stacked samples [N, ...]."""
     return {k: np.concatenate([from_batch(c[k], axes.outputs.get(k, 0)) for c in chunks]) for k in chunks[0]}
+
+
+def run_samples(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], inputs: dict[str, np.ndarray],
+                batch: int, axes: BatchAxes = LEADING) -> dict[str, np.ndarray]:
+    """`run` (a model: feeds -> named outputs) over stacked samples, `batch` at a time; outputs stacked the same
+    way. With feedback (a stateful model), one step at a time: after a sequence's first step, each fed-back input
+    is the output it comes from at the previous step, not the data's value."""
+    if not axes.feedback:
+        return concat([run(b) for b in batches(inputs, batch, axes)], axes)
+    chunks: list[dict[str, np.ndarray]] = []
+    for i, feed in enumerate(batches(inputs, 1, axes)):
+        if i % axes.steps:
+            feed = {**feed, **{inp: chunks[-1][out] for out, inp in axes.feedback.items()}}
+        chunks.append(run(feed))
+    return concat(chunks, axes)
+

@@ -29,7 +29,7 @@ def measure_in_browser(recipe, spec, target: str, files: list[Path], inputs: dic
     m = recipe.measure[target]
     total = len(next(iter(inputs.values())))
     if m.max_eval_samples:
-        idx = eval_subset(total, m.max_eval_samples)
+        idx = eval_subset(total, m.max_eval_samples, recipe.data.sequence_length)
         inputs, reference = {k: v[idx] for k, v in inputs.items()}, {k: v[idx] for k, v in reference.items()}
         labels = labels[idx] if labels is not None else None
     req = MeasureRequest(runtime=spec.runtime, target=target, model_files=list(files), inputs=inputs,
@@ -38,7 +38,8 @@ def measure_in_browser(recipe, spec, target: str, files: list[Path], inputs: dic
                          network_profile=m.network_profile.model_dump() if m.network_profile else None,
                          required_features=list(spec.required_features.get(target, ())),
                          input_batch_axes={i.name: i.batch_axis for i in recipe.inputs},
-                         output_batch_axes={o.name: o.batch_axis for o in recipe.outputs})
+                         output_batch_axes={o.name: o.batch_axis for o in recipe.outputs},
+                         feedback=dict(recipe.data.feedback), sequence_length=recipe.data.sequence_length)
     log.info("%s: measuring %s on %s in Chromium", recipe.name, spec.name, target)
 
     def on_stage(stage: str) -> None:
@@ -53,7 +54,7 @@ def measure_in_browser(recipe, spec, target: str, files: list[Path], inputs: dic
         raise MeasurementError(res.error or "failed", retryable="crash" in (res.error or "").lower(),
                                details={k: record.get(k) for k in ("env", "console_errors")})
     np.savez(out / OUTPUTS_FILE, **res.outputs)
-    acc = compare(res.outputs, reference, recipe.outputs, labels)
+    acc = compare(res.outputs, reference, recipe.outputs, labels, recipe.data.sequence_length)
     if acc["samples"] < total:  # a capped evaluation is weaker evidence: the decision says so
         acc["of_samples"] = total
     cold = {"download_ms": res.download_ms, "session_ms": res.session_ms, "first_inference_ms": res.first_inference_ms}

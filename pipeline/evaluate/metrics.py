@@ -124,9 +124,10 @@ WORST = {"max_abs_error": max, "max_rel_error": max, "top1_agreement": min, "seq
 
 
 def compare(outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray], specs: list[OutputSpec],
-            labels: np.ndarray | None) -> dict:
+            labels: np.ndarray | None, steps: int | None = None) -> dict:
     """Agreement of `outputs` with the `reference` (same samples, same order), per output (`outputs`) and for
-    the model as a whole (the worst output on each figure)."""
+    the model as a whole (the worst output on each figure). With `steps` (samples are sequences of that many
+    steps, a stateful model's), each output's max abs error is also given per step: drift shows as growth."""
     per = {}
     for spec in specs:
         if spec.name not in outputs:
@@ -136,6 +137,9 @@ def compare(outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray], sp
         if got.shape != ref.shape:
             raise ValueError(f"output {spec.name!r} has shape {got.shape}, native has {ref.shape}")
         per[spec.name] = output_accuracy(got, ref, spec.kind, labels, spec.blank)
+        if steps and len(got) % steps == 0 and np.all(np.isfinite(got)):
+            err = np.abs(got - ref).reshape(len(got) // steps, steps, -1)
+            per[spec.name]["max_abs_error_by_step"] = [float(e) for e in err.max(axis=(0, 2))]
     m: dict = {"samples": int(len(next(iter(reference.values())))), "outputs": per}
     for key, worst in WORST.items():
         vals = [o[key] for o in per.values() if key in o]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.evaluate.batching import LEADING, BatchAxes, batches, concat
+from pipeline.evaluate.batching import LEADING, BatchAxes, batches, run_samples
 from pipeline.onnx_utils import ort_session
 
 NATIVE_RUNS = 30
@@ -19,7 +19,7 @@ def ort_outputs(path: Path, inputs: dict[str, np.ndarray], batch: int, threads: 
     """The model on stacked samples, `batch` at a time; outputs stacked the same way."""
     sess = ort_session(path, threads)
     names = [o.name for o in sess.get_outputs()]
-    return concat([dict(zip(names, sess.run(None, b))) for b in batches(inputs, batch, axes)], axes)
+    return run_samples(lambda feed: dict(zip(names, sess.run(None, feed))), inputs, batch, axes)
 
 
 def ort_latency(path: Path, sample: dict[str, np.ndarray], warmup: int, runs: int, threads: int = 1) -> dict:
@@ -49,7 +49,7 @@ def native_run(recipe, model: Path, inputs: dict[str, np.ndarray], labels, refer
     res = {"threads": 1, "measured": measured}
     if reference is not None:
         res["accuracy"] = compare(ort_outputs(model, inputs, recipe.data.eval_batch, axes=BatchAxes.of(recipe)),
-                                  reference, recipe.outputs, labels)
+                                  reference, recipe.outputs, labels, recipe.data.sequence_length)
     one = next(batches({k: v[:1] for k, v in inputs.items()}, 1, BatchAxes.of(recipe)))
     lat = ort_latency(model, one, warmup=NATIVE_WARMUP, runs=NATIVE_RUNS)
     return {**res, "latency_ms": latency_stats(lat["latency_ms"]), "latency_runs": lat["latency_ms"],

@@ -20,6 +20,9 @@ def check_samples(recipe, inputs: dict[str, np.ndarray]) -> None:
     counts = {len(v) for v in inputs.values()}
     if len(counts) != 1 or 0 in counts:
         raise DataError(f"inputs must hold the same, non-zero number of samples (got {counts})")
+    steps = recipe.data.sequence_length
+    if steps and next(iter(counts)) % steps:
+        raise DataError(f"{next(iter(counts))} samples do not form whole sequences of data.sequence_length {steps}")
     for name, arr in inputs.items():
         spec = want[name]
         if str(arr.dtype) != spec.dtype:
@@ -66,9 +69,13 @@ def load(folder: Path) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     return inputs, labels
 
 
-def eval_subset(n: int, cap: int) -> np.ndarray:
+def eval_subset(n: int, cap: int, steps: int | None = None) -> np.ndarray:
     """Evenly spaced sample indices: a capped evaluation still covers the whole set (every photo, every class),
-    not just its first entries."""
+    not just its first entries. With `steps` (samples form sequences of that many steps), whole sequences:
+    at least one, as many as fit in `cap`."""
+    if steps:
+        seqs = eval_subset(n // steps, max(1, cap // steps))
+        return (seqs[:, None] * steps + np.arange(steps)[None]).ravel()
     if cap >= n:
         return np.arange(n)
     return np.unique(np.linspace(0, n - 1, cap).round().astype(int))

@@ -65,7 +65,7 @@ def _mismatch(recipe, kind: SourceKind, source_file: Path, dst: Path, inputs: di
     from pipeline.evaluate.native import ort_outputs
     from pipeline.evaluate.samples import eval_subset
 
-    idx = eval_subset(len(next(iter(inputs.values()))), VERIFY_SAMPLES)
+    idx = eval_subset(len(next(iter(inputs.values()))), VERIFY_SAMPLES, recipe.data.sequence_length)
     sub = {k: v[idx] for k, v in inputs.items()}
     try:
         got = ort_outputs(dst, sub, recipe.data.eval_batch, axes=BatchAxes.of(recipe))

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from pipeline.evaluate.batching import LEADING, BatchAxes, batches, concat
+from pipeline.evaluate.batching import LEADING, BatchAxes, run_samples
 from pipeline.fsutil import atomic_file
 from pipeline.onnx_utils import EXTERNAL_DATA_THRESHOLD, check_and_infer_file, graph_inputs, ort_session, save_model
 from pipeline.outcome import ConversionError, SourceError, conversion_step
@@ -62,13 +62,13 @@ def pytorch_outputs(model, inputs: dict[str, np.ndarray], output_names: list[str
                     axes: BatchAxes = LEADING) -> dict[str, np.ndarray]:
     import torch
 
-    chunks = []
+    def run(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = model(*[torch.from_numpy(np.array(v, order="C")) for v in feed.values()])  # 0-d stays 0-d
+        out = out if isinstance(out, (tuple, list)) else (out,)
+        return {n: o.detach().numpy() for n, o in zip(output_names, out)}
+
     with torch.inference_mode():
-        for b in batches(inputs, batch, axes):
-            out = model(*[torch.from_numpy(np.array(v, order="C")) for v in b.values()])  # 0-d stays 0-d
-            out = out if isinstance(out, (tuple, list)) else (out,)
-            chunks.append({n: o.detach().numpy() for n, o in zip(output_names, out)})
-    return concat(chunks, axes)
+        return run_samples(run, inputs, batch, axes)
 
 
 def to_onnx(recipe, source_file: Path, example: dict[str, np.ndarray], dst: Path) -> None:

@@ -228,3 +228,41 @@ def test_ctc_recognizer_is_judged_by_its_decoded_text(tmp_path):
     if q["status"] == "ok":
         assert q["eligible"] == (q["char_error_rate"] == 0.0 and q["sequence_match"] == 1.0), q
 
+
+
+def test_stateful_model_runs_its_sequences_with_the_state_fed_back(tmp_path):
+    """The stateful cell over sequences of 3 steps, its next state fed back as the state input: the reference
+    (PyTorch), onnxruntime and Chromium all follow the same trajectory, which differs from feeding the data's
+    states; accuracy is reported per step."""
+    import torch
+
+    from models import StatefulCell, cell_recipe, cell_samples
+
+    recipe = cell_recipe(data={"eval": {"function": "models:cell_samples"}, "eval_batch": 1,
+                               "sequence_length": 3, "feedback": {"state_out": "state"}})
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "cell.yaml").write_text(yaml.safe_dump(recipe))
+    art = tmp_path / "art"
+    assert build(tmp_path / "recipes", art).scheduling_succeeded
+    t = read_index(art / "registry")["models"]["cell"]["versions"]["1"]["targets"]["wasm"]
+    assert t["status"] == "chosen", t["reason"]
+    assert len(t["metrics"]["accuracy"]["outputs"]["state_out"]["max_abs_error_by_step"]) == 3
+
+    build_dir = art / "build" / "cell" / "1"
+    model = StatefulCell()
+    model.load_state_dict(torch.load(next(build_dir.glob("SourceModel-*/weights.pt"))))
+    data = cell_samples()
+    expected, fed = [], []
+    with torch.no_grad():
+        for i in range(6):
+            state = torch.from_numpy(data.inputs["state"][i:i + 1]).transpose(0, 1) if i % 3 == 0 else state
+            y, state = model(torch.from_numpy(data.inputs["x"][i:i + 1]), state, torch.tensor(2.0))
+            expected.append(y.numpy()[0])
+            fed.append(model(torch.from_numpy(data.inputs["x"][i:i + 1]),
+                             torch.from_numpy(data.inputs["state"][i:i + 1]).transpose(0, 1),
+                             torch.tensor(2.0))[0].numpy()[0])
+    reference = np.load(next(build_dir.glob("ReferenceOutputs-*/reference.npz")))["y"]
+    browser = np.load(next(build_dir.glob("Browser-fp32-wasm-*/outputs.npz")))["y"]
+    np.testing.assert_allclose(reference, expected, atol=1e-6)
+    np.testing.assert_allclose(browser, expected, atol=1e-5)
+    assert not np.allclose(np.array(fed)[[1, 2, 4, 5]], np.array(expected)[[1, 2, 4, 5]], atol=1e-3)

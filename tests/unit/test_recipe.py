@@ -94,6 +94,9 @@ def test_good_recipe_defaults(tmp_path):
      "takes `assets`, but the recipe has no `assets`"),
     (("assets",), {"my tokenizer": {"file": "t.json"}}, "assets", "use letters, digits"),
     (("source", "unused_weights"), "pooler.*", "source.pytorch.unused_weights", "valid list"),
+    (("data", "feedback"), {"logits": "input"}, "data", "feedback needs sequence_length"),
+    (("data",), {"eval": {"function": "models:samples"}, "sequence_length": 2, "feedback": {"state": "input"}},
+     "<top>", "'state' is not an output"),
 ])
 def test_bad_field_named(tmp_path, path, value, field, words):
     p = write(tmp_path, with_(path, value))

@@ -198,3 +198,23 @@ def test_ctc_output_is_judged_as_decoded_text():
     assert ctc_decode(ref, blank=2) == [(1, 0, 0), (3, 0, 3, 4, 0), (0,)]  # a blank between repeats keeps both
     assert "decoded sequences not measurable" in budget_violations(
         compare({"y": ref}, {"y": ref}, [OutputSpec(name="y", kind="raw")], None), Budget(min_sequence_match=0.9))[0]
+
+
+def test_stateful_sequences_feed_outputs_back():
+    """A running sum as a stateful model: over sequences of 3 steps, the state input is the previous step's output
+    (the data's value counts at a sequence's first step only); capped evaluations keep whole sequences."""
+    from pipeline.evaluate.batching import BatchAxes, run_samples
+    from pipeline.evaluate.samples import eval_subset
+
+    x = np.arange(6, dtype=np.float32)[:, None]
+    state = np.full((6, 1), 100.0, dtype=np.float32)
+    step = lambda feed: {"total": feed["x"] + feed["state"]}  # noqa: E731
+    axes = BatchAxes(feedback={"total": "state"}, steps=3)
+    out = run_samples(step, {"x": x, "state": state}, 1, axes)["total"].ravel()
+    assert out.tolist() == [100, 101, 103, 103, 107, 112]
+    assert run_samples(step, {"x": x, "state": state}, 2)["total"].ravel().tolist() == [100 + i for i in range(6)]
+    assert eval_subset(12, 7, steps=3).tolist() == [0, 1, 2, 9, 10, 11]  # 2 whole sequences fit in 7
+    assert eval_subset(12, 2, steps=3).tolist() == [0, 1, 2]  # at least one whole sequence
+    acc = compare({"y": np.array([[0.0], [0.1], [0.3], [0.0], [0.0], [0.2]])}, {"y": np.zeros((6, 1))},
+                  [OutputSpec(name="y")], None, steps=3)
+    assert acc["outputs"]["y"]["max_abs_error_by_step"] == pytest.approx([0.0, 0.1, 0.3])
