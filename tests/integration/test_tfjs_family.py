@@ -194,6 +194,27 @@ def test_onnx2tf_unsupported_op_is_named(tmp_path):
     assert not (out / "saved_model").exists()
 
 
+def test_paddle_style_node_names_convert(tmp_path):
+    """Paddle exports name nodes "Softmax@0", which TF refuses as a scope name: onnx2tf gets a private copy with
+    such names made safe (the rapidocr text-direction classifier failed on exactly this)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph(
+        [helper.make_node("Relu", ["input"], ["r"], name="relu@0"),
+         helper.make_node("Softmax", ["r"], ["probs"], name="Softmax@0", axis=1)],
+        "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", 4])])
+    src = tmp_path / "paddle.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), src)
+    before = sha256_file(src)
+    out = tmp_path / "Prerequisite-saved_model"
+    out.mkdir()
+    SAVED_MODEL.build(BuildInputs(canonical_onnx=src, recipe=_recipe("onnx")), out)
+    assert (out / "saved_model" / "saved_model.pb").exists()
+    assert sha256_file(src) == before  # the canonical model itself is never touched
+
+
 def test_onnx2tf_crash_in_an_op_converter_is_named():
     """onnx2tf 2.6 names the node after the traceback, and the op only through the converter file it crashed in
     (seen on all-MiniLM-L6-v2: its Slice converter on a dynamic sequence length)."""

@@ -167,7 +167,37 @@ def _onnx2tf_failure(log: str) -> tuple[str | None, str | None, str]:
     raised = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception)\b.*:", ln)]
     errs = [ln for ln in lines if ln.startswith("ERROR") or "Error" in ln or "error" in ln.split(":")[0]]
     summary = (raised or errs or lines or ["no output"])[-1]
+    if summary.startswith("ValueError: Exception encountered when calling layer"):  # Keras' wrapper: the cause follows
+        after = lines[lines.index(summary) + 1:] if summary in lines else []
+        if after and not after[0].startswith("Call arguments"):
+            summary = f"{summary} {after[0]}"
     return op, node, summary[:400]
+
+
+_TF_SCOPE_BAD = re.compile(r"[^A-Za-z0-9_.\\/>-]")
+
+
+def _scope_safe_node_names(path: Path) -> int:
+    """onnx2tf names TF ops after the ONNX nodes, and TF refuses scope names outside [A-Za-z0-9_./>-]: Paddle's
+    exports name nodes "Softmax@0" (the text-direction classifier failed with "'Softmax@0' is not a valid scope
+    name"). Rename such nodes in onnx2tf's private copy; tensor names (inputs, outputs) are left as they are."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    taken = {n.name for n in model.graph.node}
+    renamed = 0
+    for node in model.graph.node:
+        if node.name and _TF_SCOPE_BAD.search(node.name):
+            base = _TF_SCOPE_BAD.sub("_", node.name)
+            new, k = base, 1
+            while new in taken:
+                new, k = f"{base}_{k}", k + 1
+            taken.add(new)
+            node.name = new
+            renamed += 1
+    if renamed:
+        onnx.save(model, str(path))
+    return renamed
 
 
 def onnx_to_saved_model(onnx_path: str | Path, out_dir: str | Path, *, keep_nchw: list[str] | None = None,
@@ -204,6 +234,7 @@ def onnx_to_saved_model(onnx_path: str | Path, out_dir: str | Path, *, keep_nchw
         private.parent.mkdir()
         for f in [onnx_path, *onnx_path.parent.glob(f"{onnx_path.name}.data")]:
             shutil.copyfile(f, private.parent / f.name)
+        _scope_safe_node_names(private)
         work = tmp / "onnx2tf_out"
         cmd = [str(exe) if exe.exists() else "onnx2tf", "-i", str(private), "-o", str(work),
                "-tb", "tf_converter", "-osd", "-v", "info"]
