@@ -69,6 +69,13 @@ class CallableRef(_Strict):
             call = ", ".join([*(f"{k}=..." for k in supplied), *(f"{k}={v!r}" for k, v in self.args.items())])
             raise ValueError(f"{self.function} cannot be called as {self.function}({call}): {e}") from None
 
+    def code_hash(self) -> str:
+        """sha256 of the source file of the module that defines the function: results depend on the code a recipe
+        names, not only on its name, so an edited model definition or data loader rebuilds what it made."""
+        mod = importlib.import_module(self.function.split(":")[0])
+        path = getattr(mod, "__file__", None)
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else "builtin"
+
     def resolve(self):
         mod_name, attr = self.function.split(":")
         try:

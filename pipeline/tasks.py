@@ -206,6 +206,9 @@ class SourceModel(RecipeTask):
 
         fp = {"source": self.recipe.source.model_dump(mode="json")}
         ref = file_ref(self.recipe)
+        module = getattr(self.recipe.source, "module", None)
+        fp["code"] = {k: c.code_hash() for k, c in (("module", module), ("trainer", getattr(ref, "trainer", None)))
+                      if c is not None}
         if getattr(ref, "trainer", None) is not None:
             return fp  # trained weights depend on the trainer spec only
         try:
@@ -249,7 +252,7 @@ class EvalData(RecipeTask):
     def fingerprint(self):
         from pipeline.recipe import takes_assets
 
-        fp = {"loader": self.loader().model_dump(mode="json"),
+        fp = {"loader": self.loader().model_dump(mode="json"), "code": self.loader().code_hash(),
               "inputs": [i.model_dump(mode="json") for i in self.recipe.inputs]}
         if takes_assets(self.loader()):  # the data depends on the assets' content (a tokenizer)
             fp["assets"] = asset_hashes(self.recipe)
@@ -539,7 +542,8 @@ class SelectAndPublish(RecipeTask):
                 "release": r.release.model_dump(mode="json"),
                 "manifest": [r.description, [i.model_dump(mode="json") for i in r.inputs],
                              [o.model_dump(mode="json") for o in r.outputs]],
-                "assets": asset_hashes(r)}
+                "assets": asset_hashes(r),
+                "labels_code": [o.labels.code_hash() for o in r.outputs if o.labels is not None]}
 
     def registry(self) -> Path:
         return Path(self.artifacts_dir) / "registry"

@@ -157,3 +157,28 @@ def test_inputs_with_their_batch_elsewhere_scalars_and_constants(tmp_path):
     bad["inputs"][1] = {"name": "state", "shape": [2, "batch", 3], "batch_axis": 3}
     with pytest.raises(RecipeError, match="batch_axis 3 is not an axis"):
         load_recipe(write(tmp_path, bad))
+
+
+def test_code_a_recipe_names_is_part_of_the_keys(tmp_path, monkeypatch):
+    """Editing the module a recipe's model factory (or data loader) lives in rebuilds what it made: keys follow
+    the code, not only the function's name."""
+    import luigi
+
+    from pipeline.tasks import EvalData, SourceModel
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "user_models.py").write_text("from models import build, samples, train\n")
+    recipe = with_(("source", "module", "function"), "user_models:build")
+    recipe["data"] = {"eval": {"function": "user_models:samples"}}
+    path = write(tmp_path, recipe)
+
+    def keys():
+        luigi.task_register.Register.clear_instance_cache()
+        return (SourceModel(recipe_path=str(path), artifacts_dir=str(tmp_path / "art")).key,
+                EvalData(recipe_path=str(path), artifacts_dir=str(tmp_path / "art")).key)
+
+    before = keys()
+    assert keys() == before
+    (tmp_path / "user_models.py").write_text("from models import build, samples, train  # edited\n")
+    after = keys()
+    assert after[0] != before[0] and after[1] != before[1]
