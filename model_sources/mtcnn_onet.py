@@ -41,3 +41,19 @@ def build() -> ONet:
 
 def weights_path() -> Path:
     return package_file("facenet_pytorch", "data/onet.pt")
+
+
+def decode_faces(outputs: dict, threshold: float = 0.7, size: int = 48) -> list[dict]:
+    """O-Net's own rules, as MTCNN applies them to each candidate crop: a face when its probability is at least
+    `threshold` (MTCNN's third-stage default, 0.7), its box the crop's box moved by the regression offsets
+    (fractions of the crop's size). The crop is the whole `size` x `size` input, so boxes are in its pixels."""
+    import numpy as np
+
+    prob, reg = np.asarray(outputs["face_prob"])[:, 1], np.asarray(outputs["box"])
+    crop = np.array([0.0, 0.0, size, size])
+    out = []
+    for p, r in zip(prob, reg):
+        keep = p >= threshold
+        out.append({"boxes": (crop + r * size)[None] if keep else np.zeros((0, 4)),
+                    "scores": np.array([p] if keep else [])})
+    return out

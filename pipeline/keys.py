@@ -92,3 +92,9 @@ def measuring_code_hash(runtime: str) -> str:
     from browser_validate import measuring_code_files
 
     return digest_files((f.relative_to(ROOT).as_posix(), f) for f in measuring_code_files(runtime))
+
+
+def judging(recipe) -> list:
+    """How a measurement's accuracy is judged beyond the outputs themselves (those key the canonical ONNX):
+    the recipe's detection decoders, by their settings and their code."""
+    return [[d.model_dump(mode="json"), d.decode.code_hash()] for d in recipe.detections]

@@ -263,6 +263,24 @@ class OutputSpec(_Strict):
         return v
 
 
+class DetectionSpec(_Strict):
+    """Detections decoded from the raw outputs by the model's own rules (thresholds, box regression, NMS), for
+    the reference and each candidate alike, then matched: what an app would draw is what is judged. `decode` is
+    called as decode(outputs={name: array for every output, all samples}, **args) and returns one entry per
+    sample, {"boxes": [K, 4] (x1, y1, x2, y2), "scores": [K], optionally "classes": [K]}."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    decode: CallableRef
+    # A candidate detection matches a reference one of the same class when their boxes overlap this much.
+    iou: float = Field(0.5, gt=0, le=1)
+
+    @field_validator("decode")
+    @classmethod
+    def _decode_callable(cls, v: CallableRef) -> CallableRef:
+        v.check_call("outputs")
+        return v
+
+
 def takes_assets(loader: CallableRef) -> bool:
     """A data loader that has a parameter `assets` is called with the recipe's assets ({name: path}): the data is
     then prepared with exactly the files that are published (a tokenizer)."""
@@ -309,6 +327,13 @@ class OutputBudget(_Strict):
     # ctc: fraction of samples decoded exactly as the reference; edits / reference characters, over all samples
     min_sequence_match: float | None = Field(None, ge=0, le=1)
     max_char_error_rate: float | None = Field(None, ge=0)
+    # detections (a recipe's `detections` entry, by its name): reference detections no candidate detection
+    # matches, and candidate detections matching none, as fractions of the reference's detections; the worst IoU
+    # of a matched pair; the largest score difference of a matched pair.
+    max_missed_detections: float | None = Field(None, ge=0, le=1)
+    max_extra_detections: float | None = Field(None, ge=0)
+    min_box_iou: float | None = Field(None, ge=0, le=1)
+    max_score_error: float | None = Field(None, gt=0)
 
 
 class Budget(OutputBudget):
@@ -422,6 +447,16 @@ class Recipe(_Strict):
     # vocabulary), by name: published with every version under their sha256 and handed to a data loader that
     # has an `assets` parameter, so what is published is what the evaluation used.
     assets: dict[str, FileRef] = Field(default_factory=dict)
+    # Decoded detections judged besides the raw outputs (budget bounds under budget.outputs.<name>).
+    detections: list[DetectionSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _detection_names(self):
+        names = [o.name for o in self.outputs] + [d.name for d in self.detections]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"detections: names {dup} repeat an output's or another detection's name")
+        return self
 
     @field_validator("assets")
     @classmethod
@@ -466,10 +501,11 @@ class Recipe(_Strict):
 
     @model_validator(mode="after")
     def _budget_outputs(self):
-        unknown = sorted(set(self.budget.outputs) - {o.name for o in self.outputs})
+        known = [o.name for o in self.outputs] + [d.name for d in self.detections]
+        unknown = sorted(set(self.budget.outputs) - set(known))
         if unknown:
-            raise ValueError(f"budget.outputs names {unknown}, which are not outputs of this recipe "
-                             f"({[o.name for o in self.outputs]})")
+            raise ValueError(f"budget.outputs names {unknown}, which are not outputs or detections of this recipe "
+                             f"({known})")
         return self
 
     @field_validator("targets")

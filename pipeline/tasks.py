@@ -444,7 +444,8 @@ class NativeRun(RecipeTask):
         from pipeline.evaluate.native import NATIVE_RUNS
 
         return {"runs": NATIVE_RUNS, "threads": 1, "toolchain": keys.python_toolchain(),
-                "of_variant": self.runs_variant()}
+                "of_variant": self.runs_variant(),
+                **({"judging": keys.judging(self.recipe)} if self.recipe.detections else {})}
 
     def folder_name(self):
         return f"Native-{self.variant}"
@@ -482,7 +483,8 @@ class BrowserMeasure(RecipeTask):
         return {"target": self.target, "method": keys.BROWSER_METHOD,
                 "code": keys.measuring_code_hash(variant(self.variant).runtime),
                 "measure": m.model_dump(mode="json"), "eval_batch": self.recipe.data.eval_batch,
-                "browser": keys.browser_toolchain(), **({"subset": "even"} if m.max_eval_samples else {})}
+                "browser": keys.browser_toolchain(), **({"subset": "even"} if m.max_eval_samples else {}),
+                **({"judging": keys.judging(self.recipe)} if self.recipe.detections else {})}
 
     def folder_name(self):
         return f"Browser-{self.variant}-{self.target}"

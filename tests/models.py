@@ -395,3 +395,80 @@ def ctc_recipe(**fields) -> dict:
             "targets": ["wasm"], "variants": ["fp32", "int8_dynamic"],
             "measure": {"wasm": {"runs": 3, "warmup": 1, "qoe_modes": []}},
             **fields}
+
+
+def TinyDetector(anchors: int = 8, classes: int = 3):  # noqa: N802
+    """A single-stage detector head as real ones ship, three outputs of three kinds: image [batch, 3, 16, 16] ->
+    boxes [batch, anchors, 4] (x1, y1, x2, y2 in pixels, anchor + offset), scores [batch, anchors] (sigmoid),
+    class logits [batch, anchors, classes]."""
+    torch = _torch()
+    nn = torch.nn
+
+    class _Detector(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+            self.head = nn.Linear(8 * 8 * 8, anchors * (5 + classes))
+            centres = torch.linspace(2, 14, anchors)
+            self.register_buffer("anchor", torch.stack([centres - 2, centres - 2, centres + 2, centres + 2], 1))
+
+        def forward(self, x):
+            f = self.head(torch.relu(self.conv(x)).flatten(1)).reshape(x.shape[0], anchors, 5 + classes)
+            boxes = self.anchor + 2 * torch.tanh(f[..., :4])
+            return boxes, torch.sigmoid(4 * f[..., 4]), f[..., 5:]
+
+    return _Detector().eval()
+
+
+def train_detector(out_path, seed: int = 0) -> dict:
+    torch = _torch()
+    torch.manual_seed(seed)
+    torch.save(TinyDetector().state_dict(), out_path)
+    return {"seed": seed}
+
+
+def detector_samples(n: int = 8, seed: int = 5) -> EvalSet:
+    rng = np.random.default_rng(seed)
+    return EvalSet(inputs={"image": rng.standard_normal((n, 3, 16, 16)).astype(np.float32)}, labels=None,
+                   ids=[f"img{i}" for i in range(n)])
+
+
+def decode_detections(outputs, threshold: float = 0.5, nms_iou: float = 0.5) -> list[dict]:
+    """The detector's own rules: anchors scoring at least `threshold`, the class by argmax, then per-class
+    non-maximum suppression."""
+    out = []
+    for boxes, scores, logits in zip(outputs["boxes"], outputs["scores"], outputs["classes"]):
+        keep = np.where(scores >= threshold)[0]
+        keep = keep[np.argsort(-scores[keep], kind="stable")]
+        cls = logits.argmax(-1)
+        chosen: list[int] = []
+        for i in keep:
+            b = boxes[i]
+            if all(cls[j] != cls[i] or _iou(boxes[j], b) < nms_iou for j in chosen):
+                chosen.append(int(i))
+        out.append({"boxes": boxes[chosen], "scores": scores[chosen], "classes": cls[chosen]})
+    return out
+
+
+def _iou(a, b) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+    return w * h / union if union > 0 else 0.0
+
+
+def detector_recipe(**fields) -> dict:
+    return {"name": "detector", "version": "1",
+            "source": {"kind": "pytorch", "module": {"function": "models:TinyDetector"},
+                       "weights": {"trainer": {"function": "models:train_detector"}}},
+            "inputs": [{"name": "image", "shape": ["batch", 3, 16, 16], "layout": "NCHW"}],
+            "outputs": [{"name": "boxes"}, {"name": "scores", "kind": "probabilities"}, {"name": "classes"}],
+            "detections": [{"name": "objects", "decode": {"function": "models:decode_detections"}, "iou": 0.5}],
+            "data": {"eval": {"function": "models:detector_samples"}, "eval_batch": 4},
+            "budget": {"outputs": {"boxes": {"max_abs_error": 0.01}, "scores": {"max_abs_error": 0.01},
+                                   "classes": {"max_rel_error": 0.01},
+                                   "objects": {"max_missed_detections": 0.0, "max_extra_detections": 0.0,
+                                               "min_box_iou": 0.99, "max_score_error": 0.01}}},
+            "targets": ["wasm", "webgpu"], "variants": ["fp32", "int8_dynamic"],
+            "measure": {t: {"runs": 3, "warmup": 1, "qoe_modes": []} for t in ("wasm", "webgpu")},
+            **fields}

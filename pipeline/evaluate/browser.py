@@ -54,7 +54,7 @@ def measure_in_browser(recipe, spec, target: str, files: list[Path], inputs: dic
         raise MeasurementError(res.error or "failed", retryable="crash" in (res.error or "").lower(),
                                details={k: record.get(k) for k in ("env", "console_errors")})
     np.savez(out / OUTPUTS_FILE, **res.outputs)
-    acc = compare(res.outputs, reference, recipe.outputs, labels, recipe.data.sequence_length)
+    acc = compare(res.outputs, reference, recipe.outputs, labels, recipe.data.sequence_length, recipe.detections)
     if acc["samples"] < total:  # a capped evaluation is weaker evidence: the decision says so
         acc["of_samples"] = total
     cold = {"download_ms": res.download_ms, "session_ms": res.session_ms, "first_inference_ms": res.first_inference_ms}

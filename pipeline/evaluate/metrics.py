@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:  # annotations only: the recipe schema imports this package
-    from pipeline.recipe import Budget, OutputSpec
+    from pipeline.recipe import Budget, DetectionSpec, OutputSpec
 
 ARGMAX_KINDS = ("logits", "probabilities", "ctc")
 
@@ -117,17 +117,85 @@ def retrieval_agreement(got: np.ndarray, ref: np.ndarray) -> float:
     return float((nearest_neighbours(got) == nearest_neighbours(ref)).mean())
 
 
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box in `a` [N, 4] with every box in `b` [M, 4] (x1, y1, x2, y2) -> [N, M]."""
+    a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
+    lt, rb = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(-1)
+    area = lambda x: np.clip(x[:, 2:] - x[:, :2], 0, None).prod(-1)  # noqa: E731
+    union = area(a)[:, None] + area(b)[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def _detections(decoded, n: int, who: str) -> list[dict]:
+    """A decoder's result checked: one {boxes [K, 4], scores [K], classes [K]} per sample."""
+    if not isinstance(decoded, (list, tuple)) or len(decoded) != n:
+        raise ValueError(f"{who}: expected a list of {n} per-sample detections, got "
+                         f"{type(decoded).__name__}{f' of {len(decoded)}' if isinstance(decoded, (list, tuple)) else ''}")
+    out = []
+    for i, d in enumerate(decoded):
+        try:
+            boxes = np.asarray(d["boxes"], np.float64).reshape(-1, 4)
+            scores = np.asarray(d["scores"], np.float64).reshape(-1)
+            classes = np.asarray(d.get("classes", np.zeros(len(scores))), np.int64).reshape(-1)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{who}: sample {i}: expected {{'boxes': [K, 4], 'scores': [K], 'classes'?: [K]}} "
+                             f"({type(e).__name__}: {e})") from None
+        if not len(boxes) == len(scores) == len(classes):
+            raise ValueError(f"{who}: sample {i}: {len(boxes)} boxes, {len(scores)} scores, {len(classes)} classes")
+        out.append({"boxes": boxes, "scores": scores, "classes": classes})
+    return out
+
+
+def match_detections(got: dict, ref: dict, iou: float) -> tuple[list[tuple[int, int, float]], int, int]:
+    """Greedy matching of one sample's detections, the reference's most confident first: each takes the
+    unmatched candidate detection of its class that overlaps it most, if by at least `iou`.
+    Returns (matched pairs (ref index, got index, IoU), missed reference detections, extra candidate ones)."""
+    overlap = box_iou(ref["boxes"], got["boxes"])
+    overlap[ref["classes"][:, None] != got["classes"][None, :]] = -1.0
+    taken, pairs = np.zeros(len(got["boxes"]), dtype=bool), []
+    for r in np.argsort(-ref["scores"], kind="stable"):
+        cand = np.where(taken, -1.0, overlap[r]) if len(taken) else np.empty(0)
+        if cand.size and cand.max() >= iou:
+            g = int(cand.argmax())
+            taken[g] = True
+            pairs.append((int(r), g, float(overlap[r, g])))
+    return pairs, len(ref["boxes"]) - len(pairs), int((~taken).sum())
+
+
+def detection_accuracy(got: list[dict], ref: list[dict], iou: float) -> dict:
+    """Decoded detections against the reference's, over all samples: missed and extra detections (fractions of
+    the reference's), the matched pairs' IoU and score differences."""
+    n_ref = sum(len(r["boxes"]) for r in ref)
+    n_got = sum(len(g["boxes"]) for g in got)
+    ious, score_err, missed, extra, changed = [], [], 0, 0, 0
+    for g, r in zip(got, ref):
+        pairs, m, e = match_detections(g, r, iou)
+        missed, extra, changed = missed + m, extra + e, changed + bool(m or e)
+        ious += [p[2] for p in pairs]
+        score_err += [abs(g["scores"][j] - r["scores"][i]) for i, j, _ in pairs]
+    return {"kind": "detection", "iou_threshold": iou, "reference_detections": n_ref, "detections": n_got,
+            "matched": len(ious), "missed": missed, "extra": extra,
+            "missed_detection_rate": missed / max(n_ref, 1), "extra_detection_rate": extra / max(n_ref, 1),
+            "samples_changed": changed,
+            "min_box_iou": float(min(ious)) if ious else (1.0 if not n_ref else 0.0),
+            "mean_box_iou": float(np.mean(ious)) if ious else None,
+            "max_score_error": float(max(score_err)) if score_err else 0.0}
+
+
 # Per-output figures summarised for the whole model (the report's columns, the release gate): the worst output.
 WORST = {"max_abs_error": max, "max_rel_error": max, "top1_agreement": min, "sequence_agreement": min,
          "min_cosine": min, "retrieval_agreement": min, "sequence_match": min, "char_error_rate": max,
-         "accuracy_drop": max}
+         "accuracy_drop": max, "missed_detection_rate": max, "extra_detection_rate": max, "min_box_iou": min,
+         "max_score_error": max}
 
 
 def compare(outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray], specs: list[OutputSpec],
-            labels: np.ndarray | None, steps: int | None = None) -> dict:
+            labels: np.ndarray | None, steps: int | None = None, detections: list[DetectionSpec] = ()) -> dict:
     """Agreement of `outputs` with the `reference` (same samples, same order), per output (`outputs`) and for
     the model as a whole (the worst output on each figure). With `steps` (samples are sequences of that many
-    steps, a stateful model's), each output's max abs error is also given per step: drift shows as growth."""
+    steps, a stateful model's), each output's max abs error is also given per step: drift shows as growth.
+    Each of `detections` is decoded from both by the recipe's decoder and judged beside the outputs."""
     per = {}
     for spec in specs:
         if spec.name not in outputs:
@@ -140,12 +208,23 @@ def compare(outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray], sp
         if steps and len(got) % steps == 0 and np.all(np.isfinite(got)):
             err = np.abs(got - ref).reshape(len(got) // steps, steps, -1)
             per[spec.name]["max_abs_error_by_step"] = [float(e) for e in err.max(axis=(0, 2))]
+    n = len(next(iter(reference.values())))
+    for i, det in enumerate(detections):
+        who = f"detections[{i}] {det.name!r}: {det.decode.function}"
+        decoded = []
+        for src in (outputs, reference):
+            try:
+                raw = det.decode.call(outputs={k: np.asarray(v) for k, v in src.items()})
+            except Exception as e:  # the recipe's code: say whose and where
+                raise ValueError(f"{who} failed: {type(e).__name__}: {e}") from None
+            decoded.append(_detections(raw, n, who))
+        per[det.name] = detection_accuracy(decoded[0], decoded[1], det.iou)
     m: dict = {"samples": int(len(next(iter(reference.values())))), "outputs": per}
     for key, worst in WORST.items():
         vals = [o[key] for o in per.values() if key in o]
         if vals:
             m[key] = worst(vals)
-    m["mean_abs_error"] = float(np.mean([o["mean_abs_error"] for o in per.values()]))
+    m["mean_abs_error"] = float(np.mean([o["mean_abs_error"] for o in per.values() if "mean_abs_error" in o]))
     labelled = [o for o in per.values() if "label_accuracy" in o]
     if labelled:  # the most degraded labelled output
         o = max(labelled, key=lambda o: o["accuracy_drop"])
@@ -179,6 +258,8 @@ def budget_violations(acc: dict, budget: Budget) -> list[str]:
                            f"{b['max_accuracy_drop'] * 100:.2f}")
         for key, label in (("max_abs_error", "max abs error"), ("max_rel_error", "max relative error")):
             if b.get(key) is not None:
+                if o.get("kind") == "detection":  # judged by matching, not elementwise
+                    continue
                 checked.add(key)
                 v = o.get(key, float("inf"))
                 if not v <= b[key]:
@@ -200,12 +281,31 @@ def budget_violations(acc: dict, budget: Budget) -> list[str]:
             if o["retrieval_agreement"] < b["min_retrieval_agreement"]:
                 out.append(f"{who}retrieval agreement {o['retrieval_agreement']:.4f} < "
                            f"{b['min_retrieval_agreement']} (nearest neighbour changed)")
+        if o.get("kind") == "detection":
+            for key, label, worse in (("max_missed_detections", "missed detections", "missed_detection_rate"),
+                                      ("max_extra_detections", "extra detections", "extra_detection_rate")):
+                if b.get(key) is not None:
+                    checked.add(key)
+                    if o[worse] > b[key]:
+                        count = o["missed" if "missed" in key else "extra"]
+                        out.append(f"{who}{label} {o[worse]:.4f} ({count} of {o['reference_detections']} reference "
+                                   f"detections) > {b[key]}")
+            if b.get("min_box_iou") is not None:
+                checked.add("min_box_iou")
+                if o["min_box_iou"] < b["min_box_iou"]:
+                    out.append(f"{who}box IoU {o['min_box_iou']:.4f} < {b['min_box_iou']} (worst matched box)")
+            if b.get("max_score_error") is not None:
+                checked.add("max_score_error")
+                if o["max_score_error"] > b["max_score_error"]:
+                    out.append(f"{who}detection score error {o['max_score_error']:.4g} > {b['max_score_error']}")
     why = {"min_top1_agreement": "top-1 agreement not measurable (no logits output)",
            "max_accuracy_drop": "labelled accuracy not measurable (no labels or no logits output)",
            "min_cosine": "cosine similarity not measurable (no embedding output)",
            "min_retrieval_agreement": "retrieval agreement not measurable (no embedding output, or under 3 samples)",
            "min_sequence_match": "decoded sequences not measurable (no ctc output [N, T, classes])",
            "max_char_error_rate": "character error rate not measurable (no ctc output [N, T, classes])",
+           **{k: f"{k} not measurable (no `detections` entry in the recipe)" for k in
+              ("max_missed_detections", "max_extra_detections", "min_box_iou", "max_score_error")},
            "max_abs_error": "max abs error not measurable", "max_rel_error": "max relative error not measurable"}
     for key in budget.bounds() - checked:
         out.append(why[key])

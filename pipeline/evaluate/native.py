@@ -49,7 +49,8 @@ def native_run(recipe, model: Path, inputs: dict[str, np.ndarray], labels, refer
     res = {"threads": 1, "measured": measured}
     if reference is not None:
         res["accuracy"] = compare(ort_outputs(model, inputs, recipe.data.eval_batch, axes=BatchAxes.of(recipe)),
-                                  reference, recipe.outputs, labels, recipe.data.sequence_length)
+                                  reference, recipe.outputs, labels, recipe.data.sequence_length,
+                                  recipe.detections)
     one = next(batches({k: v[:1] for k, v in inputs.items()}, 1, BatchAxes.of(recipe)))
     lat = ort_latency(model, one, warmup=NATIVE_WARMUP, runs=NATIVE_RUNS)
     return {**res, "latency_ms": latency_stats(lat["latency_ms"]), "latency_runs": lat["latency_ms"],

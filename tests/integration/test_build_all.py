@@ -266,3 +266,30 @@ def test_stateful_model_runs_its_sequences_with_the_state_fed_back(tmp_path):
     np.testing.assert_allclose(reference, expected, atol=1e-6)
     np.testing.assert_allclose(browser, expected, atol=1e-5)
     assert not np.allclose(np.array(fed)[[1, 2, 4, 5]], np.array(expected)[[1, 2, 4, 5]], atol=1e-3)
+
+
+def test_multi_output_detector_is_judged_by_its_decoded_detections(tmp_path):
+    """A detector head with three outputs (boxes, scores, class logits), each judged on its own scale, and the
+    detections an app would draw (threshold, class, NMS: the model's own rules) matched by IoU, on wasm and
+    WebGPU; a candidate whose decoded detections change is outside the budget whatever its raw errors."""
+    from models import detector_recipe
+
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "det.yaml").write_text(yaml.safe_dump(detector_recipe()))
+    art = tmp_path / "art"
+    assert build(tmp_path / "recipes", art).scheduling_succeeded
+    v = read_index(art / "registry")["models"]["detector"]["versions"]["1"]
+    for target in ("wasm", "webgpu"):
+        t = v["targets"][target]
+        assert t["status"] == "chosen", (target, t["reason"])
+        acc = t["metrics"]["accuracy"]
+        assert set(acc["outputs"]) == {"boxes", "scores", "classes", "objects"}
+        o = acc["outputs"]["objects"]
+        assert o["kind"] == "detection" and o["reference_detections"] > 0 and o["missed"] == o["extra"] == 0
+        assert o["min_box_iou"] > 0.99 and acc["missed_detection_rate"] == 0
+    report = json.loads((art / "registry" / v["report"]["path"]).read_text())
+    for r in report["candidates"]:
+        if r["status"] == "ok":  # what decided each candidate is its detections (and the raw bounds)
+            assert r["missed_detection_rate"] is not None
+            if r["missed_detection_rate"] or r["extra_detection_rate"]:
+                assert not r["eligible"] and "detections" in " ".join(r["reasons"]), r

@@ -97,6 +97,12 @@ def test_good_recipe_defaults(tmp_path):
     (("data", "feedback"), {"logits": "input"}, "data", "feedback needs sequence_length"),
     (("data",), {"eval": {"function": "models:samples"}, "sequence_length": 2, "feedback": {"state": "input"}},
      "<top>", "'state' is not an output"),
+    (("detections",), [{"name": "logits", "decode": {"function": "model_sources.mtcnn_onet:decode_faces"}}],
+     "<top>", "repeat an output's"),
+    (("detections",), [{"name": "d", "decode": {"function": "models:samples"}}], "detections.0.decode",
+     "cannot be called as models:samples(outputs=...)"),
+    (("detections",), [{"name": "d", "decode": {"function": "model_sources.mtcnn_onet:decode_faces"}, "iou": 0}],
+     "detections.0.iou", "greater than 0"),
 ])
 def test_bad_field_named(tmp_path, path, value, field, words):
     p = write(tmp_path, with_(path, value))

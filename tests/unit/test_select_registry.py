@@ -218,3 +218,51 @@ def test_stateful_sequences_feed_outputs_back():
     acc = compare({"y": np.array([[0.0], [0.1], [0.3], [0.0], [0.0], [0.2]])}, {"y": np.zeros((6, 1))},
                   [OutputSpec(name="y")], None, steps=3)
     assert acc["outputs"]["y"]["max_abs_error_by_step"] == pytest.approx([0.0, 0.1, 0.3])
+
+
+def decode_boxes(outputs, threshold=0.5):
+    """A detector's own rules for the test: rows of `det` [N, K, 6] (x1, y1, x2, y2, score, class) kept when
+    their score reaches the threshold."""
+    out = []
+    for rows in outputs["det"]:
+        keep = rows[rows[:, 4] >= threshold]
+        out.append({"boxes": keep[:, :4], "scores": keep[:, 4], "classes": keep[:, 5]})
+    return out
+
+
+def test_detections_are_decoded_and_matched_by_iou():
+    """Detections decoded by the model's own rules, then matched by IoU within their class: a box that drifted
+    is a worse IoU, a score crossing the threshold is a missed (or extra) detection, another class is both."""
+    from pipeline.evaluate.metrics import box_iou
+    from pipeline.recipe import DetectionSpec
+
+    assert box_iou(np.array([[0, 0, 10, 10]]), np.array([[5, 0, 15, 10], [20, 20, 30, 30]])).tolist() == \
+        [[pytest.approx(50 / 150), 0.0]]
+    ref = np.array([[[0, 0, 10, 10, 0.9, 0], [20, 20, 40, 40, 0.8, 1], [0, 0, 5, 5, 0.1, 0]],
+                    [[10, 10, 20, 20, 0.6, 2], [0, 0, 1, 1, 0.2, 0], [50, 50, 60, 60, 0.55, 0]]])
+    got = ref.copy()
+    got[0, 0, :4] = [1, 0, 11, 10]   # moved by one pixel: IoU 9/11
+    got[0, 2, 4] = 0.51              # a rejected box now passes the threshold: extra
+    got[1, 2, 4] = 0.49              # a kept one now fails it: missed
+    got[1, 0, 5] = 1                 # same box, another class: missed and extra
+    det = DetectionSpec(name="boxes", decode={"function": "test_select_registry:decode_boxes"})
+    specs = [OutputSpec(name="det")]
+    o = compare({"det": got}, {"det": ref}, specs, None, detections=[det])["outputs"]["boxes"]
+    assert (o["reference_detections"], o["detections"], o["matched"], o["missed"], o["extra"]) == (4, 4, 2, 2, 2)
+    assert o["min_box_iou"] == pytest.approx(9 / 11) and o["max_score_error"] == pytest.approx(0.0)
+    assert o["missed_detection_rate"] == 0.5 and o["samples_changed"] == 2
+    acc = {"outputs": {"boxes": o, "det": {"max_abs_error": 1.0}}}
+    assert budget_violations(acc, Budget(max_missed_detections=0.5, max_extra_detections=0.5, min_box_iou=0.8,
+                                         max_abs_error=2)) == []
+    v = budget_violations(acc, Budget(max_missed_detections=0.25, min_box_iou=0.9))
+    assert v == ["boxes: missed detections 0.5000 (2 of 4 reference detections) > 0.25",
+                 "boxes: box IoU 0.8182 < 0.9 (worst matched box)"]
+    same = compare({"det": ref}, {"det": ref}, specs, None, detections=[det])
+    assert same["missed_detection_rate"] == 0 and same["min_box_iou"] == 1.0
+    assert "min_box_iou not measurable" in budget_violations(
+        compare({"det": ref}, {"det": ref}, specs, None), Budget(min_box_iou=0.9))[0]
+    # A decoder that returns the wrong thing is named, with what was expected.
+    bad = DetectionSpec(name="boxes", decode={"function": "test_select_registry:decode_boxes",
+                                              "args": {"threshold": "x"}})
+    with pytest.raises(ValueError, match=r"detections\[0\] 'boxes': test_select_registry:decode_boxes failed"):
+        compare({"det": ref}, {"det": ref}, specs, None, detections=[bad])
