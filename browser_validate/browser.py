@@ -9,6 +9,7 @@ thread that started it.
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shutil
 
@@ -30,41 +31,60 @@ CHROMIUM_ARGS = [
 
 
 class _Browser:
-    """Process-wide Playwright + Chromium. Recreated after a crash or in a forked child."""
+    """Process-wide Playwright plus one browser per endpoint: "local" launches Chromium here; a ws:// endpoint is a
+    Playwright browser server on another machine (`playwright run-server`), connected to with `launch` as its
+    launch options. Recreated after a crash or a lost connection, and in a forked child."""
 
     def __init__(self):
         self.pw = None
-        self.browser = None
+        self.browsers: dict[str, object] = {}
         self.pid = None
 
-    def get(self):
+    def get(self, endpoint: str = "local", launch: dict | None = None):
         if self.pid is not None and self.pid != os.getpid():
-            # Forked child: the parent's driver/browser are not ours to use or close.
-            self.pw = self.browser = None
-        if self.browser is not None and not self.browser.is_connected():
-            self.close()
-        if self.browser is None:
+            # Forked child: the parent's driver/browsers are not ours to use or close.
+            self.pw, self.browsers = None, {}
+        browser = self.browsers.get(endpoint)
+        if browser is not None and not browser.is_connected():
+            self.close(endpoint)
+            browser = None
+        if browser is None:
             from playwright.sync_api import sync_playwright
 
-            exe = os.environ.get("BROWSER_VALIDATE_CHROMIUM") or shutil.which("chromium")
-            if not exe:
-                raise RuntimeError("chromium not found (set BROWSER_VALIDATE_CHROMIUM)")
             if self.pw is None:
                 self.pw = sync_playwright().start()
-            self.browser = self.pw.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS, headless=True)
-            self.pid = os.getpid()
-        return self.browser
+                self.pid = os.getpid()
+            if endpoint == "local":
+                exe = os.environ.get("BROWSER_VALIDATE_CHROMIUM") or shutil.which("chromium")
+                if not exe:
+                    raise RuntimeError("chromium not found (set BROWSER_VALIDATE_CHROMIUM)")
+                browser = self.pw.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS, headless=True)
+            else:
+                headers = {"x-playwright-launch-options": json.dumps(launch)} if launch else None
+                browser = self.pw.chromium.connect(endpoint, headers=headers, timeout=60_000)
+            self.browsers[endpoint] = browser
+        return browser
 
-    def close(self):
+    @property
+    def browser(self):  # the local one (tests close it to simulate a crash)
+        return self.browsers.get("local")
+
+    def close(self, endpoint: str | None = None):
+        """Close one endpoint's browser, or (None) every browser and the driver."""
         if self.pid is not None and self.pid != os.getpid():
             return
-        for closer in (lambda: self.browser and self.browser.close(), lambda: self.pw and self.pw.stop()):
+        for ep in [endpoint] if endpoint else list(self.browsers):
+            b = self.browsers.pop(ep, None)
             try:
-                closer()
+                b and b.close()
             except Exception:
                 pass
-        self.browser = None
-        self.pw = None
+        if endpoint is None:
+            try:
+                self.pw and self.pw.stop()
+            except Exception:
+                pass
+            self.pw = None
 
 
 _BROWSER = _Browser()

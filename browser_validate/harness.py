@@ -88,6 +88,11 @@ class MeasureRequest:
     # step each input named here (output -> input) is the previous step's output (eval one sample at a time).
     feedback: dict[str, str] = field(default_factory=dict)
     sequence_length: int | None = None
+    # Where the browser runs: "local" (Chromium launched here) or a Playwright browser server's ws:// endpoint on
+    # another machine, launched with `host_launch` (launch options) when given. A remote browser cannot reach
+    # this machine: every request of the page is routed through Playwright and answered from here.
+    host_endpoint: str = "local"
+    host_launch: dict | None = None
 
 
 @dataclass
@@ -218,24 +223,28 @@ def _run_page(req: MeasureRequest, origin: str, job_prefix: str, on_stage=None) 
     def on_crash(_page):
         stage["crashed"] = True
 
+    remote = req.host_endpoint != "local"
     try:
-        browser = _BROWSER.get()
-        before = renderer_pids()
+        browser = _BROWSER.get(req.host_endpoint, req.host_launch)
+        before = renderer_pids() if not remote else set()
         context = browser.new_context()
+        if remote:
+            context.route("**/*", _answer_from(origin))
         page = context.new_page()
         page.on("console", on_console)
         page.on("pageerror", lambda exc: console_errors.append(f"pageerror: {exc}"))
         page.on("crash", on_crash)
 
         stage["name"] = "page"
-        before_goto = renderer_pids()
+        before_goto = renderer_pids() if not remote else set()
         page.goto(f"{origin}/page/index.html", timeout=remaining_ms(), wait_until="load")
         page.wait_for_function("() => window.__benchReady === true", timeout=remaining_ms())
         # The page's renderer: the one the cross-site navigation created (the about:blank one
         # is swapped out); fall back to everything this context added.
-        after_goto = renderer_pids()
-        page_renderers = (after_goto - before_goto) or (after_goto - before) or after_goto
-        result.baseline_memory_bytes = baseline_memory(page_renderers)
+        if not remote:  # another machine's processes are not ours to read: its figures come from the page
+            after_goto = renderer_pids()
+            page_renderers = (after_goto - before_goto) or (after_goto - before) or after_goto
+            result.baseline_memory_bytes = baseline_memory(page_renderers)
 
         cfg = {
             "runtime": req.runtime, "target": req.target, "threads": int(req.threads),
@@ -245,10 +254,11 @@ def _run_page(req: MeasureRequest, origin: str, job_prefix: str, on_stage=None) 
             "feedback": dict(req.feedback) or None, "sequenceLength": req.sequence_length,
             "qoe": {"modes": list(req.qoe_modes), "durationMs": float(req.qoe_duration_ms)} if req.qoe_modes else None,
         }
-        gpu = gpu_pids()
+        gpu = gpu_pids() if not remote else []
         gpu_baseline = baseline_memory(gpu) if gpu else None
-        sampler = MemorySampler(page_renderers, gpu)
-        sampler.start()
+        if not remote:
+            sampler = MemorySampler(page_renderers, gpu)
+            sampler.start()
         # Completion is signalled by a console message; Python keeps its own deadline and polls with
         # page.wait_for_timeout, which the driver serves without the renderer. (page.wait_for_function
         # was tried first: measured here, it never returns when the page is stuck in a synchronous
@@ -268,14 +278,15 @@ def _run_page(req: MeasureRequest, origin: str, job_prefix: str, on_stage=None) 
                 # Only after timing succeeded, so every inference is known to finish.
                 page.mouse.click(8, 8)
             page.wait_for_timeout(QOE_CLICK_INTERVAL_MS if stage["name"].startswith("qoe") else POLL_MS)
-        peak = sampler.stop()
-        if gpu_baseline is not None and sampler.gpu_peak:
+        peak = sampler.stop() if sampler else None
+        if sampler and gpu_baseline is not None and sampler.gpu_peak:
             result.gpu_process_peak_bytes = max(0, sampler.gpu_peak - gpu_baseline)
         sampler = None
         r = page.evaluate("() => window.__bench.result")
         result.page_memory_bytes = r.get("page_memory_bytes")
         if r["status"] == "ok" and req.network_profile:
-            result.network_download = _download_under_profile(context, page, req.network_profile, remaining_ms())
+            result.network_download = (_modelled_download(req.network_profile, req.model_files) if remote else
+                                       _download_under_profile(context, page, req.network_profile, remaining_ms()))
 
         result.status = r["status"]
         result.error = r["error"]
@@ -310,8 +321,10 @@ def _run_page(req: MeasureRequest, origin: str, job_prefix: str, on_stage=None) 
             if result.baseline_memory_bytes is not None and peak:
                 result.peak_memory_bytes = max(0, peak - result.baseline_memory_bytes)
         result.console_errors = console_errors
-        result.env = {**result.env, "memory_metric": "renderer_rss", "memory_pids": len(page_renderers), "console": console[-50:]}
-        _close_context(context, page_renderers, hung=hung)
+        result.env = {**result.env, "memory_metric": "page" if remote else "renderer_rss",
+                      "memory_pids": len(page_renderers), "console": console[-50:],
+                      **({"served": "routed through Playwright from the measuring machine"} if remote else {})}
+        _close_context(context, page_renderers, hung=hung, endpoint=req.host_endpoint)
     return result
 
 
@@ -350,7 +363,44 @@ def _download_under_profile(context, page, profile: dict, timeout_ms: float) -> 
             pass
 
 
-def _close_context(context, page_renderers: set[int], hung: bool) -> None:
+def _answer_from(origin: str):
+    """A Playwright route handler for a remote browser: each request the page makes is fetched from this machine's
+    server (`origin`) and fulfilled with its status, headers (COOP/COEP included) and body, so the page sees the
+    same origin, files and headers as a local one, and nothing needs a route back to this machine."""
+    import urllib.error
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    def handle(route):
+        req = route.request
+        u = urlsplit(req.url)
+        if f"{u.scheme}://{u.netloc}" != origin:
+            route.abort("blockedbyclient")  # nothing else exists for the measuring page
+            return
+        fwd = urllib.request.Request(origin + (u.path or "/") + (f"?{u.query}" if u.query else ""),
+                                     data=req.post_data_buffer, method=req.method)
+        try:
+            with urllib.request.urlopen(fwd, timeout=120) as r:
+                status, headers, body = r.status, dict(r.headers), r.read()
+        except urllib.error.HTTPError as e:
+            status, headers, body = e.code, dict(e.headers), e.read()
+        except Exception:  # noqa: BLE001 - the server is gone: the page sees a failed request
+            route.abort("failed")
+            return
+        route.fulfill(status=status, headers=headers, body=body)
+
+    return handle
+
+
+def _modelled_download(profile: dict, files: list[Path]) -> dict:
+    """A remote browser's files arrive through Playwright's connection, not a network a visitor has, so the
+    download under a network profile is modelled, not timed: one round trip per file plus bytes / bandwidth."""
+    size = sum(Path(f).stat().st_size for f in files)
+    ms = float(profile.get("latency_ms", 0)) * len(files) + size * 8 / float(profile["download_kbps"])
+    return {"profile": profile, "ms": ms, "basis": "modelled: latency per file + bytes / bandwidth"}
+
+
+def _close_context(context, page_renderers: set[int], hung: bool, endpoint: str = "local") -> None:
     if context is None:
         return
     if hung:
@@ -364,4 +414,4 @@ def _close_context(context, page_renderers: set[int], hung: bool) -> None:
     try:
         context.close()
     except Exception:
-        _BROWSER.close()  # next measure() relaunches
+        _BROWSER.close(endpoint)  # next measure() relaunches (or reconnects)

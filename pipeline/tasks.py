@@ -29,6 +29,7 @@ from pipeline.fsutil import atomic_dir, remove_stale_temps, sha256_file, write_j
 from pipeline.outcome import (MAX_ATTEMPTS, PipelineError, RegistryError, failure_record, is_environment_failure,
                               short, upstream_failure)
 from pipeline.recipe import Recipe, RecipeError, load_recipe, load_recipes
+from pipeline.hosts import DEFAULT_HOSTS, LOCAL as LOCAL_HOST, HostsError, hosts_for
 
 log = logging.getLogger("luigi-interface")
 
@@ -468,8 +469,17 @@ class BrowserMeasure(RecipeTask):
 
     variant = luigi.Parameter()
     target = luigi.Parameter()
+    host = luigi.Parameter(default=LOCAL_HOST, description="browser host (pipeline.hosts) the measurement runs on")
     stage = "browser"
-    resources = {"timing": 1}
+
+    @property
+    def resources(self):
+        # One measurement at a time per browser host; a local one also shares this machine's cores with the
+        # native timings ("timing").
+        from pipeline.hosts import host
+
+        h = host(self.host)
+        return {h.resource: 1, **({} if h.remote else {"timing": 1})}
 
     def requires(self):
         return {"variant": BuildVariant(self.recipe_path, self.artifacts_dir, variant=self.variant),
@@ -484,10 +494,17 @@ class BrowserMeasure(RecipeTask):
                 "code": keys.measuring_code_hash(variant(self.variant).runtime),
                 "measure": m.model_dump(mode="json"), "eval_batch": self.recipe.data.eval_batch,
                 "browser": keys.browser_toolchain(), **({"subset": "even"} if m.max_eval_samples else {}),
-                **({"judging": keys.judging(self.recipe)} if self.recipe.detections else {})}
+                **({"judging": keys.judging(self.recipe)} if self.recipe.detections else {}),
+                **({"host": self._host().model_dump(mode="json", exclude={"launch"})}
+                   if self._host() != DEFAULT_HOSTS[0] else {})}
+
+    def _host(self):
+        from pipeline.hosts import host
+
+        return host(self.host)
 
     def folder_name(self):
-        return f"Browser-{self.variant}-{self.target}"
+        return f"Browser-{self.variant}-{self.target}" + ("" if self.host == LOCAL_HOST else f"-{self.host}")
 
     def work(self, out: Path) -> dict:
         from pipeline.evaluate.browser import measure_in_browser
@@ -503,7 +520,7 @@ class BrowserMeasure(RecipeTask):
 
         files = [self.verified("variant", f) for f in deps["variant"].files()]
         res = measure_in_browser(self.recipe, variant(self.variant), self.target, files, inputs, labels,
-                                 deps["reference"].load(), out, progress)
+                                 deps["reference"].load(), out, progress, host=self._host())
         # What was measured, by content: selection publishes exactly these bytes or nothing.
         return {**res, "measured_files": {f.name: deps["variant"].file_sha256(f) for f in files}}
 
@@ -535,7 +552,8 @@ class SelectAndPublish(RecipeTask):
             deps[f"native:{v}"] = NativeRun(r, a, variant=v)
             for t in variant(v).targets:
                 if t in self.recipe.targets:
-                    deps[f"browser:{v}:{t}"] = BrowserMeasure(r, a, variant=v, target=t)
+                    for h in hosts_for(t):
+                        deps[f"browser:{v}:{t}:{h.name}"] = BrowserMeasure(r, a, variant=v, target=t, host=h.name)
         return deps
 
     def fingerprint(self):
@@ -597,6 +615,7 @@ class SelectAndPublish(RecipeTask):
 
     def work(self, out: Path) -> dict:
         from pipeline.families import variant
+        from pipeline.hosts import host
         from pipeline.release.candidates import candidate, select_and_publish
 
         deps = self.requires()
@@ -604,10 +623,11 @@ class SelectAndPublish(RecipeTask):
         candidates = []
         for k, task in deps.items():
             if k.startswith("browser:"):
-                _, v, t = k.split(":")
+                _, v, t, h = k.split(":")
                 res = task.result()
                 files = task.requires()["variant"].files() if res["status"] == "ok" else []
-                candidates.append(candidate(self.recipe, v, variant(v).runtime, t, res, files, native[v]))
+                candidates.append(candidate(self.recipe, v, variant(v).runtime, t, res, files, native[v],
+                                            device_class=host(h).device_class))
         # Published under the content this build's key was computed from (publish refuses a file changed since).
         assets = {name: {"src": str(path), "sha256": self.fingerprint()["assets"][name]}
                   for name, path in self.recipe.asset_paths().items()}
@@ -651,6 +671,12 @@ class BuildAll(luigi.Task):
         try:
             read_index(Path(self.artifacts_dir) / "registry")
         except RegistryError as e:
+            raise SystemExit(f"error: {e}") from None
+        from pipeline.hosts import load_hosts
+
+        try:
+            load_hosts()
+        except HostsError as e:
             raise SystemExit(f"error: {e}") from None
         self._preflown = True
         # Released versions never change: a build that would change one stops here, before anything is written.

@@ -10,6 +10,7 @@ import numpy as np
 from pipeline.evaluate.metrics import compare, latency_stats, ship_mode
 from pipeline.evaluate.samples import eval_subset
 from pipeline.outcome import MeasurementError, Unsupported
+from pipeline.targets import TARGETS
 
 log = logging.getLogger("luigi-interface")
 
@@ -20,11 +21,15 @@ STAGES = ["inputs", "download", "session", "first", "eval", "warmup", "timing", 
 
 def measure_in_browser(recipe, spec, target: str, files: list[Path], inputs: dict[str, np.ndarray],
                        labels: np.ndarray | None, reference: dict[str, np.ndarray], out: Path,
-                       progress: Callable[[str, int | None], None] | None = None) -> dict:
+                       progress: Callable[[str, int | None], None] | None = None, host=None) -> dict:
     """Run `files` (variant `spec`) on `target` and return the record its task keeps; the browser's outputs go to
     `out/outputs.npz`. Raises Unsupported when the browser cannot run it, MeasurementError when the run fails
-    (a crash is retryable: it may be the machine's fault; a timeout is kept: raise measure.<target>.timeout_s)."""
+    (a crash is retryable: it may be the machine's fault; a timeout is kept: raise measure.<target>.timeout_s).
+    `host` (pipeline.hosts.BrowserHost; default: the local one) is where the browser runs."""
     from browser_validate.harness import MeasureRequest, measure
+    from pipeline.hosts import DEFAULT_HOSTS
+
+    host = host or DEFAULT_HOSTS[0]
 
     m = recipe.measure[target]
     total = len(next(iter(inputs.values())))
@@ -39,15 +44,17 @@ def measure_in_browser(recipe, spec, target: str, files: list[Path], inputs: dic
                          required_features=list(spec.required_features.get(target, ())),
                          input_batch_axes={i.name: i.batch_axis for i in recipe.inputs},
                          output_batch_axes={o.name: o.batch_axis for o in recipe.outputs},
-                         feedback=dict(recipe.data.feedback), sequence_length=recipe.data.sequence_length)
-    log.info("%s: measuring %s on %s in Chromium", recipe.name, spec.name, target)
+                         feedback=dict(recipe.data.feedback), sequence_length=recipe.data.sequence_length,
+                         host_endpoint=host.endpoint, host_launch=host.launch)
+    log.info("%s: measuring %s on %s in Chromium on host %s (%s)", recipe.name, spec.name, target, host.name,
+             host.device_class)
 
     def on_stage(stage: str) -> None:
         if progress:
             progress(stage, int(100 * STAGES.index(stage) / len(STAGES)) if stage in STAGES else None)
 
     res = measure(req, on_stage=on_stage)
-    record = res.to_json()
+    record = {**res.to_json(), "device": device(host, res.env, target)}
     if res.status == "unsupported":
         raise Unsupported(res.error or "unsupported on this browser", details={"env": record.get("env")})
     if res.status != "ok":
@@ -60,5 +67,31 @@ def measure_in_browser(recipe, spec, target: str, files: list[Path], inputs: dic
     cold = {"download_ms": res.download_ms, "session_ms": res.session_ms, "first_inference_ms": res.first_inference_ms}
     if res.network_download and "ms" in res.network_download:
         cold[f"download_ms_{res.network_download['profile']['name']}"] = res.network_download["ms"]
+    if host.remote:  # the files came through Playwright's connection, not a network a visitor has
+        cold["download_basis"] = "routed through Playwright from the measuring machine"
     return {**record, "accuracy": acc, "ship_mode": ship_mode(res.qoe), "latency": latency_stats(res.latency_ms),
             "cold_start_ms": res.download_ms + res.session_ms + res.first_inference_ms, "cold_start": cold}
+
+
+def device(host, env: dict, target: str) -> dict:
+    """What a measurement ran on: the host's device class and what the page found there (cores, user agent, and on
+    GPU targets the adapter: WebGPU's vendor/architecture/isFallbackAdapter, WebGL's renderer) and whether that
+    GPU is software (SwiftShader): then its speed says nothing of a GPU."""
+    env = env or {}
+    info = (env.get("probe") or {}).get("info") or None
+    gpu = info if TARGETS[target].gpu else None
+    return {"class": host.device_class, "host": host.name, "remote": host.remote, "cpu": host.describe_cpu(),
+            "cores": env.get("hardwareConcurrency"), "user_agent": env.get("userAgent"),
+            "gpu_adapter": gpu, "software_gpu": software_gpu(gpu)}
+
+
+SOFTWARE_GPU_MARKERS = ("swiftshader", "llvmpipe", "softpipe", "software")
+
+
+def software_gpu(info: dict | None) -> bool | None:
+    """True for a fallback/software adapter (WebGPU's isFallbackAdapter, SwiftShader or llvmpipe by name); None
+    when no adapter was seen."""
+    if not info:
+        return None
+    text = " ".join(str(info.get(k, "")) for k in ("architecture", "description", "renderer", "vendor")).lower()
+    return bool(info.get("isFallbackAdapter")) or any(m in text for m in SOFTWARE_GPU_MARKERS)

@@ -16,9 +16,10 @@ LATENCY_FIELDS = ("median", "p90", "iqr")
 
 
 def candidate(recipe, variant: str, runtime: str, target: str, measured: dict, files: list[Path],
-              native: dict) -> Candidate:
+              native: dict, device_class: str | None = None) -> Candidate:
     """A browser measurement (a BrowserMeasure result) as a Candidate, judged against the recipe's budget."""
-    c = Candidate(variant=variant, runtime=runtime, target=target, status=measured["status"], record=measured)
+    c = Candidate(variant=variant, runtime=runtime, target=target, status=measured["status"], record=measured,
+                  device_class=device_class or (measured.get("device") or {}).get("class"))
     c.record["native"] = {k: native.get(k) for k in NATIVE_FIELDS}
     # What gets published: the measured files, each with the content the browser measured (checked on publish).
     hashes = measured.get("measured_files", {})
@@ -81,10 +82,12 @@ def candidate_entry(recipe, c: Candidate, native: dict[str, dict]) -> dict:
 def target_entry(recipe, d: Decision, native: dict[str, dict]) -> dict:
     """The index's record of one target: the winner and every eligible candidate after it (the fallbacks a loader
     walks when the browser cannot run the winner), or why nothing qualified."""
+    where = {"device_class": d.device_class} if d.device_class else {}
     if d.chosen is None:
-        return {"status": "unmet", "reason": d.reason, "fallbacks": []}
+        return {"status": "unmet", "reason": d.reason, "fallbacks": [], **where}
     return {
-        "status": "chosen", "reason": d.reason,
+        "status": "chosen", "reason": d.reason, **where,
+        **({"provisional": True, "provisional_reason": d.provisional} if d.provisional else {}),
         "fallbacks": [candidate_entry(recipe, c, native) for c in d.ranking],
         # Which runtime/variant came next and how far behind: "by how much" the winner won.
         "runner_up": ({"runtime": d.ranking[1].runtime, "variant": d.ranking[1].variant,
@@ -92,6 +95,14 @@ def target_entry(recipe, d: Decision, native: dict[str, dict]) -> dict:
                        "slower_by": d.ranking[1].median_ms / d.chosen.median_ms}
                       if len(d.ranking) > 1 else None),
     }
+
+
+def primary(decisions: list[Decision]) -> Decision:
+    """The decision a target's index entry leads with, among its device classes: a chosen one resting on real
+    hardware first (on a GPU target a hardware-GPU host's measurements decide), then any chosen one, in the
+    hosts' order."""
+    return next((d for d in decisions if d.chosen and not d.provisional), None) or \
+        next((d for d in decisions if d.chosen), decisions[0])
 
 
 def output_entry(o) -> dict:
@@ -113,8 +124,16 @@ def select_and_publish(recipe, build_key: str, candidates: list[Candidate], nati
     from browser_validate.runtimes import served_file
 
     s = recipe.selection
-    decisions = [select(t, candidates, s.tie_tolerance, s.objectives, s.goals) for t in recipe.targets]
-    targets = {d.target: target_entry(recipe, d, native) for d in decisions}
+    decisions, targets = [], {}
+    for t in recipe.targets:
+        # Per device class (the class of the hosts that measured it), in the order the hosts are configured.
+        classes = list(dict.fromkeys(c.device_class for c in candidates if c.target == t)) or [None]
+        mine = [select(t, candidates, s.tie_tolerance, s.objectives, s.goals, device_class=k) for k in classes]
+        decisions += mine
+        lead = primary(mine)
+        targets[t] = target_entry(recipe, lead, native)
+        if len(mine) > 1:
+            targets[t]["device_classes"] = {d.device_class: target_entry(recipe, d, native) for d in mine}
     entry = {"description": recipe.description, "recipe": str(recipe.path), "build_key": build_key,
              "build_inputs": build_inputs or {},
              "budget": recipe.budget.model_dump(mode="json"), "release": recipe.release.model_dump(mode="json"),
@@ -123,7 +142,8 @@ def select_and_publish(recipe, build_key: str, candidates: list[Candidate], nati
              "assets": assets or {}}
     report = {"model": recipe.name, "version": recipe.version, "build_key": build_key,
               "canonical_onnx": {k: canonical.get(k) for k in ("status", "error", "bytes", "ops", "verified_on", "notes")},
-              "decisions": [{"target": d.target, "status": d.status, "reason": d.reason,
+              "decisions": [{"target": d.target, "device_class": d.device_class, "provisional": bool(d.provisional),
+                             "status": d.status, "reason": d.reason,
                              "chosen": d.chosen.variant if d.chosen else None,
                              "ranking": [c.variant for c in d.ranking]} for d in decisions],
               "candidates": candidate_rows(candidates),

@@ -173,7 +173,7 @@ def _complete_v1_files(index: dict, registry: Path) -> None:
         for v in m["versions"].values():
             fill(v["report"])
             for t in v["targets"].values():
-                for c in [t, *t.get("fallbacks", [])]:
+                for c in target_candidates(t):
                     for f in c.get("files", []):
                         fill(f)
 
@@ -238,6 +238,15 @@ def version_entry(registry: Path, model: str, version: str) -> dict | None:
     return read_index(registry).get("models", {}).get(model, {}).get("versions", {}).get(version)
 
 
+def target_candidates(t: dict) -> list[dict]:
+    """Every candidate record a target entry holds: itself (the winner's fields), its fallbacks, and those of its
+    per-device-class decisions."""
+    out = [t, *t.get("fallbacks", [])]
+    for d in (t.get("device_classes") or {}).values():
+        out += target_candidates(d)
+    return out
+
+
 def referenced_files(index: dict) -> list[dict]:
     """Every file the index references (model files, runtime files, reports), once each: what publishing copies
     and verifying re-hashes. ``[{path, sha256, bytes}]``."""
@@ -247,7 +256,7 @@ def referenced_files(index: dict) -> list[dict]:
             files = [v["report"], *(o["labels"] for o in v.get("outputs", []) if o.get("labels")),
                      *v.get("assets", {}).values()]
             for t in v.get("targets", {}).values():
-                for c in [t, *t.get("fallbacks", [])]:
+                for c in target_candidates(t):
                     files += c.get("files", []) + c.get("runtime_files", [])
             for f in files:
                 if "sha256" in f:
@@ -300,13 +309,16 @@ def publish(registry: Path, model: str, version: str, entry: dict, report: dict,
             c["runtime_files"] = store_runtime(registry, c["runtime"], c["runtime_files"], locate_runtime_file)
         return c
 
-    targets = {}
-    for name, t in entry["targets"].items():
+    def store_target(t: dict) -> dict:
         t = dict(t)
         t["fallbacks"] = [store_candidate(c) for c in t.get("fallbacks", [])]
         if t["fallbacks"]:
             t.update({k: t["fallbacks"][0][k] for k in CANDIDATE_FIELDS if k in t["fallbacks"][0]})
-        targets[name] = t
+        if "device_classes" in t:
+            t["device_classes"] = {k: store_target(d) for k, d in t["device_classes"].items()}
+        return t
+
+    targets = {name: store_target(t) for name, t in entry["targets"].items()}
     outputs = [store_labels(registry, model, version, o) for o in entry.get("outputs", [])]
     assets = {name: store_file(registry, model, version, Path(a["src"]), a.get("sha256"))
               for name, a in entry.get("assets", {}).items()}

@@ -16,6 +16,7 @@ def candidate_rows(candidates) -> list[dict]:
         acc = rec.get("accuracy") or {}
         rows.append({
             "variant": c.variant, "runtime": c.runtime, "target": c.target, "status": c.status,
+            "device_class": c.device_class, "software_gpu": (rec.get("device") or {}).get("software_gpu"),
             "eligible": c.eligible, "reasons": c.reasons,
             "median_ms": lat.get("median"), "p90_ms": lat.get("p90"), "iqr_ms": lat.get("iqr"),
             "timing_noisy": lat.get("noisy"),
@@ -165,13 +166,16 @@ def write_html_report(folder: Path, results: list[dict]) -> Path:
                      f"{html.escape(rep.get('version', ''))}</h2>")
         for dec in rep.get("decisions", []):
             t = dec["target"]
-            rows = [r for r in rep.get("candidates", []) if r["target"] == t]
+            rows = [r for r in rep.get("candidates", []) if r["target"] == t
+                    and dec.get("device_class") in (None, r.get("device_class"))]
             # The accuracy axis: the model's own measure (text for OCR, cosine for embeddings, top-1, else error).
             acc_key = next((k for k in ("sequence_match", "min_cosine", "top1_agreement")
                             if any(r.get(k) is not None for r in rows)), "max_abs_error")
             # Columns no candidate has a value for (cosine for a classifier) are left out.
             columns = [(k, h) for k, h in COLUMNS if k in ALWAYS or any(r.get(k) not in (None, []) for r in rows)]
-            parts.append(f"<h3>target {html.escape(t)}: {html.escape(dec['status'])}"
+            on = f" on {dec['device_class']}" if dec.get("device_class") else ""
+            parts.append(f"<h3>target {html.escape(t)}{html.escape(on)}: {html.escape(dec['status'])}"
+                         f"{' (provisional: software GPU)' if dec.get('provisional') else ''}"
                          f"{' — ' + html.escape(dec['chosen']) if dec['chosen'] else ''}</h3>"
                          f"<p>{html.escape(dec['reason'])}</p>")
             parts.append("<div class='plots'>"

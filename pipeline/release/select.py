@@ -23,6 +23,7 @@ class Candidate:
     reasons: list[str] = field(default_factory=list)  # failure or budget violations
     values: dict[str, float | None] = field(default_factory=dict)  # objective -> value (lower is better)
     record: dict = field(default_factory=dict)  # the full measurement, carried to the report
+    device_class: str | None = None   # the class of the browser host it was measured on (pipeline.hosts)
 
     @property
     def median_ms(self) -> float | None:
@@ -49,6 +50,9 @@ class Decision:
     reason: str
     ranking: list[Candidate]          # eligible candidates, best first
     rejected: list[Candidate]
+    device_class: str | None = None
+    # Why the decision cannot be trusted as a speed ranking (it rests on a software GPU only); None: it can.
+    provisional: str | None = None
 
 
 def goal_violations(c: Candidate, goals) -> list[str]:
@@ -63,9 +67,25 @@ def goal_violations(c: Candidate, goals) -> list[str]:
     return out
 
 
+def software_gpu_only(c: Candidate) -> str | None:
+    """Why `c`'s timings say nothing of a GPU: it ran on a GPU target whose adapter was software (SwiftShader)."""
+    from pipeline.targets import TARGETS
+
+    dev = c.record.get("device") or {}
+    if not TARGETS[c.target].gpu or not dev.get("software_gpu"):
+        return None
+    a = dev.get("gpu_adapter") or {}
+    name = " ".join(str(a[k]) for k in ("vendor", "architecture", "renderer") if a.get(k)) or "a software adapter"
+    return (f"measured only on a software {c.target} adapter ({name}"
+            f"{', isFallbackAdapter' if a.get('isFallbackAdapter') else ''}) on device class {c.device_class}: "
+            f"its latency says nothing of a real GPU, configure a GPU browser host (pipeline.hosts) to decide")
+
+
 def select(target: str, candidates: list[Candidate], tie_tolerance: float = 0.02,
-           objectives: tuple[str, ...] | list[str] = ("latency",), goals=None) -> Decision:
-    mine = [c for c in candidates if c.target == target]
+           objectives: tuple[str, ...] | list[str] = ("latency",), goals=None,
+           device_class: str | None = None) -> Decision:
+    """The best eligible candidate on `target` (measured on `device_class`'s hosts, when given)."""
+    mine = [c for c in candidates if c.target == target and (device_class is None or c.device_class == device_class)]
     for c in mine:
         if c.eligible:
             c.reasons.extend(goal_violations(c, goals))
@@ -77,7 +97,7 @@ def select(target: str, candidates: list[Candidate], tie_tolerance: float = 0.02
         else:
             why = "; ".join(f"{c.runtime}/{c.variant}: {', '.join(c.reasons) or c.status}" for c in rejected)
             why = f"no candidate inside the accuracy budget and goals ({why})"
-        return Decision(target, "unmet", None, why, [], rejected)
+        return Decision(target, "unmet", None, why, [], rejected, device_class)
 
     pool, steps = list(eligible), []
     for obj in objectives:
@@ -93,7 +113,10 @@ def select(target: str, candidates: list[Candidate], tie_tolerance: float = 0.02
     order = sorted(eligible, key=lambda c: tuple(c.value(o) for o in objectives) + (c.value("size"),))
     ranking = [best] + [c for c in order if c is not best]
 
-    if list(objectives) == ["latency"] and len(pool) == 1:
+    provisional = software_gpu_only(best)
+    if provisional:  # a ranking on emulated GPU speed: say what it is, never "fastest"
+        reason = (f"provisional, {provisional}; ranked there by {' > '.join(objectives)}: {'; '.join(steps)}")
+    elif list(objectives) == ["latency"] and len(pool) == 1:
         reason = f"fastest median latency inside the budget ({best.median_ms:.3g} ms)"
     elif len(pool) > 1:
         reason = (f"by {' > '.join(objectives)}: {'; '.join(steps)}; smaller download among the tied "
@@ -109,4 +132,4 @@ def select(target: str, candidates: list[Candidate], tie_tolerance: float = 0.02
     acc = best.record.get("accuracy") or {}
     if acc.get("of_samples"):
         reason += f" [accuracy on {acc['samples']} of {acc['of_samples']} samples]"
-    return Decision(target, "chosen", best, reason, ranking, rejected)
+    return Decision(target, "chosen", best, reason, ranking, rejected, device_class, provisional)

@@ -266,3 +266,34 @@ def test_detections_are_decoded_and_matched_by_iou():
                                               "args": {"threshold": "x"}})
     with pytest.raises(ValueError, match=r"detections\[0\] 'boxes': test_select_registry:decode_boxes failed"):
         compare({"det": ref}, {"det": ref}, specs, None, detections=[bad])
+
+
+def test_selection_per_device_class_and_software_gpu_is_provisional():
+    """Each device class gets its own decision; a WebGPU decision resting on a software adapter (SwiftShader) is
+    provisional, says why and never calls itself fastest; in the index a hardware-GPU class's decision leads."""
+    from pipeline.release.candidates import primary
+    from pipeline.evaluate.browser import software_gpu
+
+    swiftshader = {"vendor": "google", "architecture": "swiftshader", "isFallbackAdapter": True}
+    real = {"vendor": "nvidia", "architecture": "hopper", "isFallbackAdapter": False}
+    assert software_gpu(swiftshader) and not software_gpu(real) and software_gpu(None) is None
+    assert software_gpu({"renderer": "ANGLE (Google, Vulkan 1.3.0 (SwiftShader Device (Subzero)))"})
+
+    def gpu_cand(variant, median, cls, adapter):
+        c = cand(variant, target="webgpu", median=median)
+        c.device_class = cls
+        c.record = {"device": {"class": cls, "gpu_adapter": adapter, "software_gpu": software_gpu(adapter)}}
+        return c
+
+    cands = [gpu_cand("int8_dynamic", 5, "build-machine", swiftshader), gpu_cand("fp32", 9, "build-machine", swiftshader),
+             gpu_cand("int8_dynamic", 4, "gpu-laptop", real), gpu_cand("fp32", 1, "gpu-laptop", real)]
+    soft = select("webgpu", cands, device_class="build-machine")
+    hard = select("webgpu", cands, device_class="gpu-laptop")
+    assert soft.chosen.variant == "int8_dynamic" and soft.provisional and "fastest" not in soft.reason
+    assert "software webgpu adapter (google swiftshader, isFallbackAdapter)" in soft.reason
+    assert hard.chosen.variant == "fp32" and not hard.provisional and hard.reason.startswith("fastest")
+    assert primary([soft, hard]) is hard and primary([soft]) is soft
+    # wasm is never provisional, whatever the adapter
+    w = cand("fp32")
+    w.record = {"device": {"software_gpu": True}}
+    assert not select("wasm", [w]).provisional

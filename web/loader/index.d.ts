@@ -62,6 +62,9 @@ export interface LoadOptions {
   targets?: string[];
   /** Accept a software (fallback) WebGPU adapter; default false. */
   allowSoftwareGpu?: boolean;
+  /** The visitor's device class (a browser host's device_class): that class's decision per target when the
+   *  registry has one, else the target's default. */
+  deviceClass?: string;
   /** Cache files in the Cache API by sha256; default true. */
   cache?: boolean;
   fetch?: typeof fetch;

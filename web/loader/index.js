@@ -188,6 +188,8 @@ function basename(path) {
  * @param {string} [opts.version]
  * @param {string[]} [opts.targets]     order to try (default ['webgpu', 'wasm', 'webgl'])
  * @param {boolean} [opts.allowSoftwareGpu]  accept a software (fallback) WebGPU adapter (default false)
+ * @param {string} [opts.deviceClass]   the class of device this visitor has (a browser host's device_class):
+ *                                      its own decision per target when the registry has one, else the default
  * @param {boolean} [opts.cache]        use the Cache API (default true)
  * @param {typeof fetch} [opts.fetch]
  * @returns {Promise<Model>}
@@ -221,7 +223,8 @@ export async function loadModel(opts) {
                 failed: [], timings: {index_ms: tIndex - t0, probe_ms: tProbe - tIndex}};
   const store = new FileStore(base, o.fetch, o.cache);
   for (const target of o.targets) {
-    const t = v.targets[target];
+    const byClass = v.targets[target] && v.targets[target].device_classes;
+    const t = (o.deviceClass && byClass && byClass[o.deviceClass]) || v.targets[target];
     if (!t) { info.skipped.push({target, why: 'not a target of this version'}); continue; }
     if (t.status !== 'chosen') { info.skipped.push({target, why: `no candidate in the registry: ${t.reason}`}); continue; }
     for (const [rank, c] of t.fallbacks.entries()) {

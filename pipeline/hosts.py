@@ -1,0 +1,146 @@
+"""Browser hosts: where measurements run, and which class of visitor device each one stands for.
+
+Configured in luigi.cfg (or the environment, which wins):
+
+    [browser_hosts]
+    file = hosts.yaml          # or PIPELINE_BROWSER_HOSTS=hosts.yaml
+
+    # hosts.yaml
+    hosts:
+      - {name: local, device_class: build-machine}                  # Chromium launched here
+      - name: gpu-laptop                                              # a Playwright server on another machine
+        endpoint: ws://10.0.0.7:3000/                                 #   (`playwright run-server --port 3000`)
+        device_class: laptop-igpu
+        targets: [wasm, webgpu]                                       # what it measures (default: all)
+        launch: {args: ["--enable-unsafe-webgpu"]}                    # launch options sent to the server
+
+Without a file there is one host, `local`, of class `build-machine`. A remote host's browser cannot reach this
+machine: the measuring page, runtime and model are routed to it through Playwright (browser_validate.harness).
+Each measurement takes the Luigi resource `browser_host_<name>` (one at a time per host: timings on one machine
+must not overlap) and records the host's class and the device it found (cores, GPU adapter).
+"""
+from __future__ import annotations
+
+import functools
+import os
+import re
+from pathlib import Path
+
+import luigi
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.outcome import PipelineError
+from pipeline.targets import TARGETS
+
+ENV_VAR = "PIPELINE_BROWSER_HOSTS"
+LOCAL = "local"
+
+
+class HostsError(PipelineError):
+    """The hosts configuration is unreadable or invalid (refused before any work)."""
+
+
+class BrowserHost(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    # "local": Chromium on this machine; otherwise a Playwright browser server's ws:// endpoint.
+    endpoint: str = LOCAL
+    # The kind of visitor device this host stands for (selection is per target per class).
+    device_class: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    targets: list[str] | None = None
+    # Launch options sent to a Playwright server started with --unsafe (executablePath, args, ...).
+    launch: dict | None = None
+    # What the machine is, in words (the page cannot see the CPU model); local: read from /proc/cpuinfo.
+    cpu: str | None = None
+
+    @model_validator(mode="after")
+    def _valid(self):
+        if self.endpoint != LOCAL and not re.match(r"^wss?://", self.endpoint):
+            raise ValueError(f"endpoint {self.endpoint!r}: 'local' or a Playwright server's ws:// address")
+        unknown = [t for t in self.targets or () if t not in TARGETS]
+        if unknown:
+            raise ValueError(f"unknown target(s) {unknown}; known: {sorted(TARGETS)}")
+        return self
+
+    @property
+    def remote(self) -> bool:
+        return self.endpoint != LOCAL
+
+    def serves(self, target: str) -> bool:
+        return self.targets is None or target in self.targets
+
+    @property
+    def resource(self) -> str:
+        return f"browser_host_{self.name}"
+
+    def describe_cpu(self) -> str | None:
+        if self.cpu or self.remote:
+            return self.cpu
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+        except OSError:
+            pass
+        return None
+
+
+class _HostsFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    hosts: list[BrowserHost] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self):
+        names = [h.name for h in self.hosts]
+        if len(set(names)) != len(names):
+            raise ValueError(f"host names repeat: {names}")
+        return self
+
+
+DEFAULT_HOSTS = (BrowserHost(name=LOCAL, device_class="build-machine"),)
+
+
+class browser_hosts(luigi.Config):  # noqa: N801 - luigi.cfg section name
+    file = luigi.Parameter(default="", description="YAML file listing the browser hosts (pipeline/hosts.py)")
+
+
+def hosts_file() -> str:
+    return os.environ.get(ENV_VAR) or browser_hosts().file
+
+
+@functools.lru_cache(maxsize=8)
+def _load(path: str, mtime: int) -> tuple[BrowserHost, ...]:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise HostsError(f"browser hosts file {path}: {e}") from None
+    try:
+        return tuple(_HostsFile.model_validate(data).hosts)
+    except ValidationError as e:
+        lines = [f"  {'.'.join(map(str, err['loc'])) or '<top>'}: {err['msg']}" for err in e.errors()]
+        raise HostsError(f"browser hosts file {path} is invalid:\n" + "\n".join(lines)) from None
+
+
+def load_hosts() -> tuple[BrowserHost, ...]:
+    """The configured hosts, in order (the first serving a target is its default device class)."""
+    path = hosts_file()
+    if not path:
+        return DEFAULT_HOSTS
+    try:
+        mtime = Path(path).stat().st_mtime_ns
+    except OSError as e:
+        raise HostsError(f"browser hosts file {path}: {e.strerror}") from None
+    return _load(path, mtime)
+
+
+def host(name: str) -> BrowserHost:
+    for h in load_hosts():
+        if h.name == name:
+            return h
+    raise HostsError(f"no browser host named {name!r} (configured: {[h.name for h in load_hosts()]})")
+
+
+def hosts_for(target: str) -> list[BrowserHost]:
+    return [h for h in load_hosts() if h.serves(target)]

@@ -1,0 +1,109 @@
+"""Measurement hosts: a Playwright browser server started by the test stands for another machine (a remote host
+of its own device class); the build measures on it and on the local browser, selects per device class and marks
+WebGPU decisions from the software adapter provisional."""
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import luigi
+import pytest
+import yaml
+
+from browser_validate.browser import CHROMIUM_ARGS
+from models import tiny_recipe
+from pipeline.hosts import ENV_VAR, HostsError, load_hosts
+from pipeline.release.registry import read_index, validate_index
+from pipeline.tasks import BuildAll
+
+pytestmark = pytest.mark.browser
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def browser_server(tmp_path_factory):
+    """`playwright run-server` on a free port: what runs on a GPU machine (README: measurement hosts)."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("pwserver") / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "playwright", "run-server", "--port", str(port),
+                                 "--host", "127.0.0.1", "--unsafe"], stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while "Listening on" not in log.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.2)
+    yield f"ws://127.0.0.1:{port}/"
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_remote_host_measures_by_routing_and_decisions_carry_device_classes(tmp_path, browser_server, monkeypatch):
+    hosts = tmp_path / "hosts.yaml"
+    hosts.write_text(yaml.safe_dump({"hosts": [
+        {"name": "local", "device_class": "build-machine"},
+        {"name": "farm1", "endpoint": browser_server, "device_class": "office-pc", "cpu": "the test's own",
+         "launch": {"executablePath": shutil.which("chromium"), "args": CHROMIUM_ARGS, "headless": True}}]}))
+    monkeypatch.setenv(ENV_VAR, str(hosts))
+    net = {"name": "4g", "download_kbps": 20000, "latency_ms": 40}
+    recipe = tiny_recipe("tiny", "1", targets=["wasm", "webgpu"], variants=["fp32", "int8_dynamic"],
+                         measure={t: {"runs": 3, "warmup": 1, "qoe_modes": ["worker"] if t == "wasm" else [],
+                                      "network_profile": net} for t in ("wasm", "webgpu")})
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "tiny.yaml").write_text(yaml.safe_dump(recipe))
+    art = tmp_path / "art"
+    assert luigi.build([BuildAll(recipes_dir=str(tmp_path / "recipes"), artifacts_dir=str(art))],
+                       local_scheduler=True, log_level="WARNING")
+
+    index = read_index(art / "registry")
+    validate_index(index)
+    v = index["models"]["tiny"]["versions"]["1"]
+    for target in ("wasm", "webgpu"):
+        t = v["targets"][target]
+        assert set(t["device_classes"]) == {"build-machine", "office-pc"}
+        for cls, d in t["device_classes"].items():
+            assert d["device_class"] == cls and d["status"] == "chosen", d["reason"]
+    # WebGPU here is SwiftShader on both hosts: provisional, never "fastest".
+    gpu = v["targets"]["webgpu"]
+    assert gpu["provisional"] and "software webgpu adapter" in gpu["provisional_reason"]
+    assert all(d["provisional"] and "fastest" not in d["reason"] for d in gpu["device_classes"].values())
+    assert "provisional" not in v["targets"]["wasm"]
+
+    # The remote measurement: served by routing, the device it found, figures it could honestly give.
+    build = art / "build" / "tiny" / "1"
+    remote = json.loads(next(build.glob("Browser-fp32-wasm-farm1-*/result.json")).read_text())
+    local = json.loads(next(build.glob("Browser-fp32-wasm-[0-9a-f]*/result.json")).read_text())
+    assert remote["device"] == {**remote["device"], "class": "office-pc", "host": "farm1", "remote": True,
+                                "cpu": "the test's own", "gpu_adapter": None}
+    assert remote["device"]["cores"] >= 1 and "HeadlessChrome" in remote["device"]["user_agent"]
+    assert remote["env"]["crossOriginIsolated"] and "routed" in remote["env"]["served"]
+    assert remote["env"]["memory_metric"] == "page" and remote["peak_memory_bytes"] is None
+    assert remote["network_download"]["basis"].startswith("modelled")
+    assert remote["cold_start"]["download_basis"].startswith("routed")
+    assert "error" not in (remote["qoe"] or {}).get("worker", {}), remote["qoe"]  # the worker's files routed too
+    assert local["device"]["class"] == "build-machine" and not local["device"]["remote"]
+    assert local["env"]["memory_metric"] == "renderer_rss"
+    # Same model, same outputs: both hosts agree with the reference alike.
+    assert remote["accuracy"]["top1_agreement"] == local["accuracy"]["top1_agreement"] == 1.0
+    webgpu = json.loads(next(build.glob("Browser-fp32-webgpu-farm1-*/result.json")).read_text())
+    assert webgpu["device"]["software_gpu"] and webgpu["device"]["gpu_adapter"]["architecture"] == "swiftshader"
+    report = json.loads((art / "registry" / v["report"]["path"]).read_text())
+    assert {(d["target"], d["device_class"]) for d in report["decisions"]} == \
+        {(t, c) for t in ("wasm", "webgpu") for c in ("build-machine", "office-pc")}
+
+
+def test_bad_hosts_file_is_refused_with_the_field_named(tmp_path, monkeypatch):
+    hosts = tmp_path / "hosts.yaml"
+    hosts.write_text(yaml.safe_dump({"hosts": [{"name": "gpu", "endpoint": "http://x", "device_class": "laptop"}]}))
+    monkeypatch.setenv(ENV_VAR, str(hosts))
+    with pytest.raises(HostsError, match=r"hosts\.0: Value error, endpoint 'http://x'"):
+        load_hosts()
+    hosts.write_text(yaml.safe_dump({"hosts": [{"name": "a", "device_class": "x"}, {"name": "a", "device_class": "y"}]}))
+    with pytest.raises(HostsError, match="host names repeat"):
+        load_hosts()
