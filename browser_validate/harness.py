@@ -158,7 +158,7 @@ def _measure(req: MeasureRequest, on_stage=None) -> MeasureResult:
     _remove_stale_job_dirs_once()
     with tempfile.TemporaryDirectory(prefix=job_dir_prefix()) as tmp:
         try:
-            write_job(Path(tmp), req.model_files, req.inputs, req.input_batch_axes)
+            write_job(Path(tmp), req.model_files, req.inputs, req.input_batch_axes, req.eval_batch)
         except (OSError, ValueError) as e:
             return MeasureResult(status="failed", error=f"inputs: {e}")
         server.mount(prefix, tmp)

@@ -50,7 +50,9 @@ __all__ = [
 
 @dataclass
 class EvalSet:
-    inputs: dict[str, np.ndarray]  # each stacked on axis 0: [N, ...], float32 (C-contiguous)
+    # Each stacked on axis 0: [N, ...]; or, for samples of different sizes along the recipe's dynamic dimensions
+    # (a text line's width), a list of N arrays: evaluated each at its own size.
+    inputs: dict[str, np.ndarray | list[np.ndarray]]
     labels: np.ndarray | None  # [N] int64, or None when no labels exist
     ids: list[str]  # one readable id per sample
 
@@ -60,8 +62,8 @@ class EvalSet:
     def __post_init__(self) -> None:
         n = len(self.ids)
         for name, arr in self.inputs.items():
-            if arr.shape[0] != n:
-                raise ValueError(f"input '{name}' has {arr.shape[0]} samples but there are {n} ids")
+            if len(arr) != n:
+                raise ValueError(f"input '{name}' has {len(arr)} samples but there are {n} ids")
         if self.labels is not None and self.labels.shape != (n,):
             raise ValueError(f"labels shape {self.labels.shape} != ({n},)")
 

@@ -406,7 +406,10 @@ class BuildVariant(RecipeTask):
         from pipeline.families import build_variant
 
         deps = self.requires()
-        calibration = deps["calibration"].load()[0] if "calibration" in deps else None
+        from pipeline.evaluate.batching import model_inputs
+
+        # Calibration sees samples as stored (padded where their sizes differ): ranges, not outputs, matter.
+        calibration = model_inputs(deps["calibration"].load()[0]) if "calibration" in deps else None
         prereqs = {k.split(":", 1)[1]: t.out_dir for k, t in deps.items() if k.startswith("prerequisite:")}
         return _build(self, lambda inputs: build_variant(self.spec(), inputs, out), calibration=calibration,
                       prerequisites=prereqs)

@@ -472,3 +472,10 @@ def detector_recipe(**fields) -> dict:
             "targets": ["wasm", "webgpu"], "variants": ["fp32", "int8_dynamic"],
             "measure": {t: {"runs": 3, "warmup": 1, "qoe_modes": []} for t in ("wasm", "webgpu")},
             **fields}
+
+
+def ctc_lines(widths=(16, 24, 24, 32, 16, 24, 32, 32), seed: int = 3) -> EvalSet:
+    """Text lines as they come: each its own width (a list of samples, not a stack)."""
+    rng = np.random.default_rng(seed)
+    return EvalSet(inputs={"image": [rng.standard_normal((1, 8, w)).astype(np.float32) for w in widths]},
+                   labels=None, ids=[f"line{i}" for i in range(len(widths))])

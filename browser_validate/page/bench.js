@@ -31,13 +31,34 @@ async function fetchBuffer(url) {
 // Samples [start, start+count) of a stacked input ([N, ...one sample]), shaped as the model takes them: the
 // count goes where the input's batch axis is (none: one sample, no batch axis). Only a first batch axis can hold
 // several samples without moving data; the pipeline evaluates other models one sample at a time.
+// Samples of different sizes are stored padded, with each one's real shape in `input.extents`: they are cut out
+// to it (a batch's samples share it: manifest.eval_batches).
 function sliceRows(input, start, count) {
-  const sample = input.shape.slice(1);
-  const per = sample.reduce((a, b) => a * b, 1);
+  const padded = input.shape.slice(1);
+  const per = padded.reduce((a, b) => a * b, 1);
+  const sample = input.extents ? input.extents[start] : padded;
   const axis = input.batch_axis === undefined ? 0 : input.batch_axis;
   if (axis !== 0 && count !== 1) throw new Error(`input ${input.name}: batch axis ${axis} takes one sample at a time`);
   const dims = axis === null ? sample : [...sample.slice(0, axis), count, ...sample.slice(axis)];
-  return {data: input.array.slice(start * per, (start + count) * per), dims, dtype: input.dtype};
+  if (!input.extents) return {data: input.array.slice(start * per, (start + count) * per), dims, dtype: input.dtype};
+  const size = sample.reduce((a, b) => a * b, 1);
+  const data = new input.array.constructor(size * count);
+  for (let k = 0; k < count; k++) cutOut(input.array, (start + k) * per, padded, sample, data, k * size);
+  return {data, dims, dtype: input.dtype};
+}
+
+// Copy the leading `sample`-shaped block of a `padded`-shaped array at `from` into `out` at `to` (row by row).
+function cutOut(src, from, padded, sample, out, to) {
+  const rank = padded.length;
+  if (rank === 0) { out[to] = src[from]; return; }
+  const row = sample[rank - 1];
+  const rows = sample.slice(0, -1).reduce((a, b) => a * b, 1);
+  const strides = padded.map((_, d) => padded.slice(d + 1).reduce((a, b) => a * b, 1));
+  for (let r = 0; r < rows; r++) {
+    let rem = r, offset = 0;
+    for (let d = rank - 2; d >= 0; d--) { offset += (rem % sample[d]) * strides[d]; rem = Math.floor(rem / sample[d]); }
+    out.set(src.subarray(from + offset, from + offset + row), to + r * row);
+  }
 }
 
 function feedsFor(inputs, start, count) {
@@ -223,10 +244,9 @@ async function bench(cfg) {
         res.eval_outputs.push(encodeOutputs(prev));
       }
     } else {
-      for (let i = 0; i < n; i += cfg.evalBatch) {
-        const count = Math.min(cfg.evalBatch, n - i);
-        res.eval_outputs.push(encodeOutputs(await adapter.run(feedsFor(inputs, i, count))));
-      }
+      const plan = manifest.eval_batches || [];
+      if (!manifest.eval_batches) for (let i = 0; i < n; i += cfg.evalBatch) plan.push([i, Math.min(cfg.evalBatch, n - i)]);
+      for (const [i, count] of plan) res.eval_outputs.push(encodeOutputs(await adapter.run(feedsFor(inputs, i, count))));
     }
 
     setStage('warmup', cfg);

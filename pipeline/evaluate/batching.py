@@ -1,12 +1,16 @@
 """Samples are stored stacked on a leading axis ([N, ...per-sample shape]); a model takes them batched where its
 own batch axis is, which need not be the first (an RNN state [layers, batch, hidden]) or may not exist (a scalar,
-a fixed-size state). This is the one place that turns one into the other, both ways."""
+a fixed-size state). This is the one place that turns one into the other, both ways. Samples of different
+sizes are stored padded, with their real shapes under "extent:<name>" (browser_validate.job.EXTENT): fed
+cropped, in batches of equal sizes; outputs that differ in size come back padded with their extents."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import numpy as np
+
+from browser_validate.job import EXTENT, crop, eval_plan, split_extents, stack_padded  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)
@@ -52,15 +56,26 @@ def from_batch(arr: np.ndarray, axis: int | None) -> np.ndarray:
 
 
 def batches(inputs: dict[str, np.ndarray], batch: int, axes: BatchAxes = LEADING) -> Iterator[dict[str, np.ndarray]]:
-    """Feeds of up to `batch` samples each, in order, shaped as the model takes them."""
-    n = len(next(iter(inputs.values())))
-    for i in range(0, n, batch):
-        yield {k: to_batch(v[i:i + batch], axes.inputs.get(k, 0)) for k, v in inputs.items()}
+    """Feeds of up to `batch` samples each, in order, shaped as the model takes them (cropped to their real
+    sizes, which a batch shares, when the samples have extents)."""
+    arrays, extents = split_extents(inputs)
+    n = len(next(iter(arrays.values())))
+    for i, count in eval_plan(n, batch, extents):
+        yield {k: to_batch(crop(v[i:i + count], extents[k][i]) if k in extents else v[i:i + count],
+                           axes.inputs.get(k, 0)) for k, v in arrays.items()}
+
+
+def model_inputs(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The samples without their extents (as stored: padded), for code that does not evaluate them."""
+    return split_extents(inputs)[0]
 
 
 def concat(chunks: list[dict[str, np.ndarray]], axes: BatchAxes = LEADING) -> dict[str, np.ndarray]:
-    """Outputs of successive batches as stacked samples [N, ...]."""
-    return {k: np.concatenate([from_batch(c[k], axes.outputs.get(k, 0)) for c in chunks]) for k in chunks[0]}
+    """Outputs of successive batches as stacked samples [N, ...] (padded, with extents, where sizes differ)."""
+    out: dict[str, np.ndarray] = {}
+    for k in chunks[0]:
+        out.update(stack_padded([from_batch(c[k], axes.outputs.get(k, 0)) for c in chunks], k))
+    return out
 
 
 def run_samples(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], inputs: dict[str, np.ndarray],

@@ -65,31 +65,37 @@ def edit_distance(a: tuple, b: tuple) -> int:
 
 
 def output_accuracy(got: np.ndarray, ref: np.ndarray, kind: str, labels: np.ndarray | None,
-                    blank: int = 0) -> dict:
-    """How one output agrees with the reference, by what the output is (OutputSpec.kind)."""
+                    blank: int = 0, valid: np.ndarray | None = None) -> dict:
+    """How one output agrees with the reference, by what the output is (OutputSpec.kind). `valid` (samples of
+    different sizes, padded): which elements are real; padding is never judged."""
     o: dict = {"kind": kind}
-    if not np.all(np.isfinite(got)):
+    mask = np.ones(got.shape, dtype=bool) if valid is None else valid
+    if not np.all(np.isfinite(got[mask])):
         o.update(non_finite=True, max_abs_error=float("inf"), mean_abs_error=float("inf"), max_rel_error=float("inf"))
     else:
-        d = np.abs(got - ref)
+        d = np.abs(got - ref)[mask]
         o["max_abs_error"] = float(d.max()) if d.size else 0.0
         o["mean_abs_error"] = float(d.mean()) if d.size else 0.0
         # Relative to the output's own scale: box pixels and probabilities can share one budget.
-        o["max_rel_error"] = o["max_abs_error"] / max(float(np.abs(ref).max()) if ref.size else 0.0, 1e-12)
+        o["max_rel_error"] = o["max_abs_error"] / max(float(np.abs(ref[mask]).max()) if d.size else 0.0, 1e-12)
     if kind in ARGMAX_KINDS:
         pred, ref_pred = decisions(got, kind), decisions(ref, kind)
+        # A position is real when its scores are (the class axis is never padded alone).
+        at = mask.reshape(got.shape if got.ndim > 1 else (*got.shape, 1))[..., 0]
         o["decision"] = "threshold" if got.ndim == 1 or got.shape[-1] == 1 else "argmax"
-        o["top1_agreement"] = float((pred == ref_pred).mean())
+        o["top1_agreement"] = float((pred == ref_pred)[at].mean())
         if pred.ndim > 1:  # a sequence: one decision per position, and whole sequences
-            o["positions"] = int(pred[0].size)
-            o["sequence_agreement"] = float((pred == ref_pred).reshape(len(pred), -1).all(1).mean())
+            o["positions"] = int(at.reshape(len(at), -1).sum(1).max())
+            o["sequence_agreement"] = float(((pred == ref_pred) | ~at).reshape(len(pred), -1).all(1).mean())
         elif labels is not None and labels.shape == pred.shape:
             o["label_accuracy"] = float((pred == labels).mean())
             o["native_label_accuracy"] = float((ref_pred == labels).mean())
             o["accuracy_drop"] = o["native_label_accuracy"] - o["label_accuracy"]
     if kind == "ctc" and got.ndim == 3:
         # What a user reads: the decoded text (per step, a changed blank/repeat may not change it, and vice versa).
-        g, r = ctc_decode(got, blank), ctc_decode(ref, blank)
+        steps = mask[:, :, 0].sum(1)  # each sample's real length
+        g = [ctc_decode(got[i:i + 1, :t], blank)[0] for i, t in enumerate(steps)]
+        r = [ctc_decode(ref[i:i + 1, :t], blank)[0] for i, t in enumerate(steps)]
         o["sequence_match"] = float(np.mean([a == b for a, b in zip(g, r)]))
         o["char_error_rate"] = sum(edit_distance(a, b) for a, b in zip(g, r)) / max(sum(len(b) for b in r), 1)
         o["reference_chars"] = sum(len(b) for b in r)
@@ -196,15 +202,22 @@ def compare(outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray], sp
     the model as a whole (the worst output on each figure). With `steps` (samples are sequences of that many
     steps, a stateful model's), each output's max abs error is also given per step: drift shows as growth.
     Each of `detections` is decoded from both by the recipe's decoder and judged beside the outputs."""
+    from pipeline.evaluate.batching import split_extents
+
+    outputs, got_ext = split_extents(outputs)
+    reference, ref_ext = split_extents(reference)
     per = {}
     for spec in specs:
         if spec.name not in outputs:
             raise ValueError(f"output {spec.name!r} missing (got {sorted(outputs)})")
         got = np.asarray(outputs[spec.name], dtype=np.float64)
         ref = np.asarray(reference[spec.name], dtype=np.float64)
+        valid = None
+        if spec.name in got_ext or spec.name in ref_ext:  # samples of different sizes, padded
+            got, ref, valid = aligned(spec.name, got, ref, got_ext.get(spec.name), ref_ext.get(spec.name))
         if got.shape != ref.shape:
             raise ValueError(f"output {spec.name!r} has shape {got.shape}, native has {ref.shape}")
-        per[spec.name] = output_accuracy(got, ref, spec.kind, labels, spec.blank)
+        per[spec.name] = output_accuracy(got, ref, spec.kind, labels, spec.blank, valid)
         if steps and len(got) % steps == 0 and np.all(np.isfinite(got)):
             err = np.abs(got - ref).reshape(len(got) // steps, steps, -1)
             per[spec.name]["max_abs_error_by_step"] = [float(e) for e in err.max(axis=(0, 2))]
@@ -232,6 +245,31 @@ def compare(outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray], sp
     if any(o.get("non_finite") for o in per.values()):
         m["non_finite"] = True
     return m
+
+
+def aligned(name: str, got: np.ndarray, ref: np.ndarray, got_ext, ref_ext):
+    """Padded outputs of samples of different sizes, checked sample by sample for the same real shape and padded
+    alike: (got, ref, valid mask)."""
+    def extents(a, e):
+        return np.asarray(e) if e is not None else np.tile(np.asarray(a.shape[1:]), (len(a), 1))
+
+    ge, re_ = extents(got, got_ext), extents(ref, ref_ext)
+    if len(got) != len(ref) or ge.shape != re_.shape:
+        raise ValueError(f"output {name!r} has shape {got.shape}, native has {ref.shape}")
+    bad = np.where((ge != re_).any(1))[0]
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"output {name!r}: sample {i} has shape {ge[i].tolist()}, native has {re_[i].tolist()}")
+    big = tuple(np.maximum(got.shape[1:], ref.shape[1:]))
+    out = []
+    for a in (got, ref):
+        p = np.zeros((len(a), *big), dtype=a.dtype)
+        p[(slice(None), *(slice(0, d) for d in a.shape[1:]))] = a
+        out.append(p)
+    valid = np.zeros((len(got), *big), dtype=bool)
+    for i, e in enumerate(re_):
+        valid[(i, *(slice(0, int(d)) for d in e))] = True
+    return out[0], out[1], valid
 
 
 def budget_violations(acc: dict, budget: Budget) -> list[str]:

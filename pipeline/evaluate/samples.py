@@ -6,13 +6,40 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.evaluate.batching import EXTENT, split_extents, stack_padded
 from pipeline.outcome import DataError
 
 SAMPLES_FILE = "data.npz"
 
 
+def pad_ragged(recipe, inputs: dict) -> dict[str, np.ndarray]:
+    """Inputs given as lists of samples of different sizes: stacked, zero padded, with their real shapes beside
+    them (EXTENT). Only the recipe's dynamic dimensions may differ between samples."""
+    want = {i.name: i for i in recipe.inputs}
+    out: dict[str, np.ndarray] = {}
+    for name, v in inputs.items():
+        if not isinstance(v, (list, tuple)):
+            out[name] = v
+            continue
+        samples = [np.asarray(x) for x in v]
+        if not samples:
+            raise DataError(f"input {name!r}: no samples")
+        spec = want.get(name)
+        dims = spec.sample_shape() if spec else None
+        for i, x in enumerate(samples):
+            if x.dtype != samples[0].dtype:
+                raise DataError(f"input {name!r}: sample {i} has dtype {x.dtype}, sample 0 {samples[0].dtype}")
+            if dims is not None and (x.ndim != len(dims) or any(
+                    isinstance(d, int) and d != s for d, s in zip(dims, x.shape))):
+                raise DataError(f"input {name!r}: sample {i} has shape {list(x.shape)}, recipe says {dims} per "
+                                f"sample (only the named, dynamic dimensions may differ)")
+        out.update(stack_padded([x[None] for x in samples], name))
+    return out
+
+
 def check_samples(recipe, inputs: dict[str, np.ndarray]) -> None:
     """The loader's samples, stacked [N, ...one sample], against the recipe's inputs (constants excluded)."""
+    inputs, _ = split_extents(inputs)
     want = {i.name: i for i in recipe.inputs if i.value is None}
     if set(inputs) != set(want):
         raise DataError(f"loader gave inputs {sorted(inputs)}, recipe declares {sorted(want)} "
@@ -35,7 +62,8 @@ def check_samples(recipe, inputs: dict[str, np.ndarray]) -> None:
 
 def with_constants(recipe, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The samples plus the recipe's constant inputs, repeated for each sample, in the recipe's input order."""
-    n = len(next(iter(inputs.values()))) if inputs else 1
+    arrays, extents = split_extents(inputs)
+    n = len(next(iter(arrays.values()))) if arrays else 1
     out = {}
     for spec in recipe.inputs:
         if spec.value is None:
@@ -43,7 +71,7 @@ def with_constants(recipe, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarra
         else:
             one = np.broadcast_to(np.asarray(spec.value, dtype=spec.dtype), spec.sample_shape(fill=1))
             out[spec.name] = np.ascontiguousarray(np.broadcast_to(one, (n, *one.shape)))
-    return out
+    return {**out, **{EXTENT + k: e for k, e in extents.items()}}
 
 
 def materialise(recipe, loader, out: Path) -> dict:
@@ -52,14 +80,19 @@ def materialise(recipe, loader, out: Path) -> dict:
     from pipeline.recipe import takes_assets
 
     ds = loader.call(**({"assets": recipe.asset_paths()} if takes_assets(loader) else {}))
-    check_samples(recipe, ds.inputs)
-    inputs = with_constants(recipe, ds.inputs)
+    given = pad_ragged(recipe, ds.inputs)
+    check_samples(recipe, given)
+    inputs = with_constants(recipe, given)
     arrays = {f"input:{k}": v for k, v in inputs.items()}
     if ds.labels is not None:
         arrays["labels"] = np.asarray(ds.labels, dtype=np.int64)
     np.savez(out / SAMPLES_FILE, **arrays)
     n = len(next(iter(inputs.values())))
-    return {"samples": n, "labelled": ds.labels is not None, "ids": list(ds.ids)[:n]}
+    _, extents = split_extents(inputs)
+    sizes = {k: sorted({tuple(int(d) for d in row) for row in e}) for k, e in extents.items()}
+    return {"samples": n, "labelled": ds.labels is not None, "ids": list(ds.ids)[:n],
+            **({"sizes": {k: [list(s) for s in v[:20]] for k, v in sizes.items()},
+                "distinct_sizes": {k: len(v) for k, v in sizes.items()}} if sizes else {})}
 
 
 def load(folder: Path) -> tuple[dict[str, np.ndarray], np.ndarray | None]:

@@ -293,3 +293,38 @@ def test_multi_output_detector_is_judged_by_its_decoded_detections(tmp_path):
             assert r["missed_detection_rate"] is not None
             if r["missed_detection_rate"] or r["extra_detection_rate"]:
                 assert not r["eligible"] and "detections" in " ".join(r["reasons"]), r
+
+
+def test_lines_of_different_widths_are_evaluated_each_at_its_width(tmp_path):
+    """A loader's text lines of different widths: evaluated natively and in Chromium (wasm and WebGPU) each at its
+    own width, batched only with lines of the same width; accuracy over real steps only, per line the same as
+    running PyTorch on that line alone."""
+    import torch
+
+    from models import TinyCTC, ctc_lines, ctc_recipe
+
+    recipe = ctc_recipe(data={"eval": {"function": "models:ctc_lines"}, "eval_batch": 4}, targets=["wasm", "webgpu"],
+                        variants=["fp32"], measure={t: {"runs": 2, "warmup": 1, "qoe_modes": []} for t in ("wasm", "webgpu")})
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "ctc.yaml").write_text(yaml.safe_dump(recipe))
+    art = tmp_path / "art"
+    assert build(tmp_path / "recipes", art).scheduling_succeeded
+    v = read_index(art / "registry")["models"]["ctc"]["versions"]["1"]
+    for target in ("wasm", "webgpu"):
+        t = v["targets"][target]
+        assert t["status"] == "chosen", t["reason"]
+        o = t["metrics"]["accuracy"]["outputs"]["probs"]
+        assert o["sequence_match"] == 1.0 and o["positions"] == 16 and o["max_abs_error"] < 1e-4
+    build_dir = art / "build" / "ctc" / "1"
+    data = json.loads(next(build_dir.glob("EvalData-eval-*/result.json")).read_text())
+    assert data["distinct_sizes"] == {"image": 3}
+    model = TinyCTC()
+    model.load_state_dict(torch.load(next(build_dir.glob("SourceModel-*/weights.pt"))))
+    for f in (next(build_dir.glob("Browser-fp32-wasm-*/outputs.npz")), next(build_dir.glob("ReferenceOutputs-*/reference.npz"))):
+        with np.load(f) as z:
+            probs, ext = z["probs"], z["extent:probs"]
+        for line, x in enumerate(ctc_lines().inputs["image"]):
+            with torch.no_grad():
+                alone = model(torch.from_numpy(x[None])).numpy()[0]
+            assert ext[line].tolist() == list(alone.shape)
+            np.testing.assert_allclose(probs[line, :alone.shape[0]], alone, atol=1e-5)

@@ -297,3 +297,45 @@ def test_selection_per_device_class_and_software_gpu_is_provisional():
     w = cand("fp32")
     w.record = {"device": {"software_gpu": True}}
     assert not select("wasm", [w]).provisional
+
+
+def test_samples_of_different_sizes_are_fed_at_their_own_size():
+    """A loader's samples of different widths: stored padded with their real shapes, fed cropped in batches of
+    equal sizes, outputs of different sizes stacked padded with theirs; accuracy never judges the padding."""
+    from pipeline.evaluate.batching import batches, run_samples
+    from pipeline.recipe import InputSpec
+
+    class R:  # the part of a recipe pad_ragged reads
+        inputs = [InputSpec(name="x", shape=["batch", 2, "width"])]
+
+    from pipeline.evaluate.samples import pad_ragged
+    from pipeline.outcome import DataError
+
+    widths = [3, 3, 5, 3, 5]
+    data = pad_ragged(R, {"x": [np.full((2, w), float(i + 1), np.float32) for i, w in enumerate(widths)]})
+    assert data["x"].shape == (5, 2, 5) and data["extent:x"].tolist() == [[2, w] for w in widths]
+    assert [f["x"].shape for f in batches(data, 4)] == [(2, 2, 3), (1, 2, 5), (1, 2, 3), (1, 2, 5)]
+    seen = []
+
+    def model(feed):  # a CTC-like head: one step per column, 3 classes; the real width must reach the model
+        seen.append(feed["x"].shape[-1])
+        x = feed["x"]
+        return {"probs": np.stack([x[:, 0], -x[:, 0], np.zeros_like(x[:, 0])], -1)}
+
+    out = run_samples(model, data, 4)
+    assert seen == [3, 5, 3, 5] and out["probs"].shape == (5, 5, 3)
+    assert out["extent:probs"].tolist() == [[w, 3] for w in widths]
+    assert not out["probs"][0, 3:].any()  # padding
+    got = {k: v.copy() for k, v in out.items()}
+    got["probs"][0, 4] = [0, 9, 0]  # a change in the padding: not judged
+    acc = compare(got, out, [OutputSpec(name="probs", kind="ctc", blank=2)], None)
+    o = acc["outputs"]["probs"]
+    assert o["max_abs_error"] == 0 and o["top1_agreement"] == 1 and o["sequence_match"] == 1 and o["positions"] == 5
+    got["probs"][2, 4] = [0, 9, 0]  # a real step of a 5-wide sample
+    o = compare(got, out, [OutputSpec(name="probs", kind="ctc", blank=2)], None)["outputs"]["probs"]
+    assert o["top1_agreement"] == pytest.approx(18 / 19) and o["sequence_match"] == pytest.approx(4 / 5)
+    short = {"probs": got["probs"], "extent:probs": np.array([[w - 1, 3] for w in widths])}
+    with pytest.raises(ValueError, match=r"sample 0 has shape \[2, 3\], native has \[3, 3\]"):
+        compare(short, out, [OutputSpec(name="probs")], None)
+    with pytest.raises(DataError, match=r"sample 1 has shape \[3, 4\], recipe says \[2, 'width'\]"):
+        pad_ragged(R, {"x": [np.zeros((2, 4), np.float32), np.zeros((3, 4), np.float32)]})
