@@ -480,18 +480,21 @@ REC_IMAGE_SHAPE = (3, 48, 320)
 
 
 def text_recognition_lines(input_name: str = "x", *, width: int = REC_IMAGE_SHAPE[2],
-                           limit: int | None = None) -> EvalSet:
+                           limit: int | None = None, own_width: bool = False) -> EvalSet:
     """The upright crops of :func:`page_text_crops`, preprocessed like rapidocr's ``TextRecognizer``: height 48,
-    width by the aspect ratio (at most `width`), /255, (x-0.5)/0.5, zero-padded on the right to `width`. No
+    width by the aspect ratio, /255, (x-0.5)/0.5, zero-padded on the right to `width` (a longer line squeezed into
+    it). With `own_width`, each line as rapidocr feeds it one at a time: padded to `width` when shorter, at its
+    own width (int(48 * w / h)) when longer, never squeezed: a list of samples of different widths. No
     transcriptions exist for the page: recognizers are judged by agreement with the native model's decoding."""
     arrays, ids = [], []
+    c, h, _ = REC_IMAGE_SHAPE
     for stem, rgb in page_text_crops():
-        arrays.append(cls_resize_norm_img(rgb, (REC_IMAGE_SHAPE[0], REC_IMAGE_SHAPE[1], width)))
+        w = max(width, int(h * rgb.shape[1] / rgb.shape[0])) if own_width else width
+        arrays.append(np.ascontiguousarray(cls_resize_norm_img(rgb, (c, h, w)), dtype=np.float32))
         ids.append(stem)
     if limit is not None:
         arrays, ids = arrays[:limit], ids[:limit]
-    return EvalSet(inputs={input_name: np.ascontiguousarray(np.stack(arrays), dtype=np.float32)}, labels=None,
-                   ids=ids)
+    return EvalSet(inputs={input_name: arrays if own_width else np.stack(arrays)}, labels=None, ids=ids)
 
 
 def text_recognition_labels() -> list[str]:
