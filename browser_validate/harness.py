@@ -93,6 +93,9 @@ class MeasureRequest:
     # this machine: every request of the page is routed through Playwright and answered from here.
     host_endpoint: str = "local"
     host_launch: dict | None = None
+    # On a software GPU adapter (SwiftShader): "correctness" measures outputs and one timed run, no warm-up and
+    # no user-experience probe (its speed says nothing of a GPU); "full" measures as asked.
+    software_gpu: str = "correctness"
 
 
 @dataclass
@@ -252,6 +255,7 @@ def _run_page(req: MeasureRequest, origin: str, job_prefix: str, on_stage=None) 
             "requiredFeatures": list(req.required_features), "jobBase": job_prefix,
             "debugHangStage": req.debug_hang_stage,
             "feedback": dict(req.feedback) or None, "sequenceLength": req.sequence_length,
+            "softwareGpu": req.software_gpu,
             "qoe": {"modes": list(req.qoe_modes), "durationMs": float(req.qoe_duration_ms)} if req.qoe_modes else None,
         }
         gpu = gpu_pids() if not remote else []

@@ -386,6 +386,10 @@ class Measure(_Strict):
     max_eval_samples: int | None = Field(None, ge=1)
     # Download the model again under this emulated network: the cold start a user on it would see.
     network_profile: NetworkProfile | None = None
+    # On a software GPU adapter (SwiftShader, this machine's WebGPU): "correctness" checks the outputs and times one
+    # run (no warm-up, no user-experience probe): its speed says nothing of a GPU, and the decision is provisional
+    # anyway; "full" measures as on hardware.
+    software_gpu: Literal["correctness", "full"] = "correctness"
 
 
 def _default_measure() -> dict[str, Measure]:

@@ -19,6 +19,8 @@ import functools
 import hashlib
 import json
 import logging
+import os
+import socket
 import time
 from pathlib import Path
 
@@ -187,7 +189,7 @@ class RecipeTask(luigi.Task):
                 log.warning("%s %s: %s at stage %s: %s", self.recipe.name, self.folder_name(), res["status"],
                             res["stage"], res["error"])
             res.update(recipe=str(self.recipe_path), task=self.folder_name(), key=self.key, attempt=attempt,
-                       seconds=round(time.time() - started, 3),
+                       seconds=round(time.time() - started, 3), worker=f"{socket.gethostname()}:{os.getpid()}",
                        inputs={name: keys.result_digest(r) for name, r in consumed.items()},
                        outputs=_file_hashes(tmp))
             write_json_atomic(tmp / RESULT_FILE, res)

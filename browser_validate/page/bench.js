@@ -168,6 +168,12 @@ async function qoeWorker(cfg, files, single, durationMs) {
   }
 }
 
+function isSoftwareGpu(target, info) {
+  if (!info || target === 'wasm') return false;
+  const text = [info.architecture, info.description, info.renderer, info.vendor].join(' ').toLowerCase();
+  return Boolean(info.isFallbackAdapter) || /swiftshader|llvmpipe|softpipe|software/.test(text);
+}
+
 async function bench(cfg) {
   const res = {
     status: 'ok', error: null, download_bytes: 0, download_ms: 0, session_ms: 0, first_inference_ms: 0,
@@ -186,6 +192,12 @@ async function bench(cfg) {
     res.env.probe = probe;
     if (!probe.available) {
       return {...res, status: 'unsupported', error: `probe: target ${cfg.target} unavailable: ${probe.reason || ''}`};
+    }
+    // A software GPU (SwiftShader) says nothing of a GPU's speed: there, unless asked for timings, measure what
+    // a correctness check needs (outputs, one timed run, no user-experience probe) and say so.
+    if (cfg.softwareGpu === 'correctness' && isSoftwareGpu(cfg.target, probe.info)) {
+      cfg = {...cfg, warmup: 0, runs: 1, qoe: null};
+      res.env.correctness_only = 'software GPU adapter: outputs checked, one timed run, no user-experience probe';
     }
     const missing = (cfg.requiredFeatures || []).filter((f) => !probe.features.includes(f));
     if (missing.length) {

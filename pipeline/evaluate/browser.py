@@ -45,7 +45,7 @@ def measure_in_browser(recipe, spec, target: str, files: list[Path], inputs: dic
                          input_batch_axes={i.name: i.batch_axis for i in recipe.inputs},
                          output_batch_axes={o.name: o.batch_axis for o in recipe.outputs},
                          feedback=dict(recipe.data.feedback), sequence_length=recipe.data.sequence_length,
-                         host_endpoint=host.endpoint, host_launch=host.launch)
+                         host_endpoint=host.endpoint, host_launch=host.launch, software_gpu=m.software_gpu)
     log.info("%s: measuring %s on %s in Chromium on host %s (%s)", recipe.name, spec.name, target, host.name,
              host.device_class)
 

@@ -170,10 +170,15 @@ def test_wasm_matches_onnxruntime(tiny_model, samples, eval_batch):
 @pytest.mark.browser
 def test_webgpu_matches_onnxruntime(tiny_model, samples):
     res = measure(MeasureRequest(runtime="ort", target="webgpu", model_files=[tiny_model], inputs=samples,
-                                 eval_batch=4, warmup=1, runs=3, timeout_s=180))
+                                 eval_batch=4, warmup=1, runs=3, timeout_s=180, software_gpu="full"))
     _check_ok(res, tiny_model, samples, runs=3)
     assert res.env["probe"]["available"] is True
-    assert "vendor" in res.env["probe"]["info"]
+    assert "vendor" in res.env["probe"]["info"] and "correctness_only" not in res.env
+    # On the software adapter, by default: the outputs checked and one timed run, no user-experience probe.
+    res = measure(MeasureRequest(runtime="ort", target="webgpu", model_files=[tiny_model], inputs=samples,
+                                 eval_batch=4, warmup=1, runs=3, timeout_s=180, qoe_modes=["main"]))
+    _check_ok(res, tiny_model, samples, runs=1)
+    assert "software GPU" in res.env["correctness_only"] and res.qoe is None
 
 
 @pytest.mark.browser
@@ -295,7 +300,8 @@ def test_console_classification():
 @pytest.mark.parametrize("target", ["wasm", "webgpu"])
 def test_qoe_main_thread_and_worker(tiny_model, samples, target):
     res = measure(MeasureRequest(runtime="ort", target=target, model_files=[tiny_model], inputs=samples,
-                                 runs=2, warmup=1, timeout_s=120, qoe_modes=["main", "worker"], qoe_duration_ms=1200))
+                                 runs=2, warmup=1, timeout_s=120, qoe_modes=["main", "worker"], qoe_duration_ms=1200,
+                                 software_gpu="full"))
     assert res.status == "ok", res.error
     for mode in ("main", "worker"):
         q = res.qoe[mode]
