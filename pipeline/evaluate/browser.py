@@ -55,6 +55,9 @@ def measure_in_browser(recipe, spec, target: str, files: list[Path], inputs: dic
 
     res = measure(req, on_stage=on_stage)
     record = {**res.to_json(), "device": device(host, res.env, target)}
+    fallback = cpu_fallback(target, (res.env or {}).get("console", []))
+    if fallback:
+        record["cpu_fallback"] = fallback
     if res.status == "unsupported":
         raise Unsupported(res.error or "unsupported on this browser", details={"env": record.get("env")})
     if res.status != "ok":
@@ -95,3 +98,17 @@ def software_gpu(info: dict | None) -> bool | None:
         return None
     text = " ".join(str(info.get(k, "")) for k in ("architecture", "description", "renderer", "vendor")).lower()
     return bool(info.get("isFallbackAdapter")) or any(m in text for m in SOFTWARE_GPU_MARKERS)
+
+
+# onnxruntime's own words when a GPU session leaves nodes to its CPU provider (its session_state.cc).
+ORT_CPU_FALLBACK = "not assigned to the preferred execution providers"
+
+
+def cpu_fallback(target: str, console: list[str]) -> str | None:
+    """Why part of a GPU-target candidate runs on the CPU, from the runtime's own log (None: nothing says so)."""
+    if not TARGETS[target].gpu:
+        return None
+    if any(ORT_CPU_FALLBACK in line for line in console):
+        return ("onnxruntime placed some nodes on its CPU provider (VerifyEachNodeIsAssignedToAnEp): data moves "
+                "between GPU and CPU during inference")
+    return None

@@ -278,6 +278,12 @@ def test_selection_per_device_class_and_software_gpu_is_provisional():
     real = {"vendor": "nvidia", "architecture": "hopper", "isFallbackAdapter": False}
     assert software_gpu(swiftshader) and not software_gpu(real) and software_gpu(None) is None
     assert software_gpu({"renderer": "ANGLE (Google, Vulkan 1.3.0 (SwiftShader Device (Subzero)))"})
+    from pipeline.evaluate.browser import cpu_fallback
+
+    ort_log = ["error: 2026-11-25 [W:onnxruntime:, session_state.cc:1397 VerifyEachNodeIsAssignedToAnEp] Some nodes "
+               "were not assigned to the preferred execution providers which may or may not have an negative impact"]
+    assert "CPU provider" in cpu_fallback("webgpu", ort_log)
+    assert cpu_fallback("wasm", ort_log) is None and cpu_fallback("webgpu", ["log: fine"]) is None
 
     def gpu_cand(variant, median, cls, adapter):
         c = cand(variant, target="webgpu", median=median)
