@@ -26,7 +26,7 @@ from pathlib import Path
 
 import luigi
 
-from pipeline import keys
+from pipeline import build_store, keys
 from pipeline.fsutil import atomic_dir, remove_stale_temps, sha256_file, write_json_atomic
 from pipeline.outcome import (MAX_ATTEMPTS, PipelineError, RegistryError, failure_record, is_environment_failure,
                               short, upstream_failure)
@@ -61,7 +61,9 @@ def _file_hashes(folder: Path) -> dict[str, str]:
 
 class RecipeTask(luigi.Task):
     recipe_path = luigi.Parameter()
-    artifacts_dir = luigi.Parameter(default="artifacts")
+    # Not part of the task's id: build machines with their own local folders (sharing a build store) share tasks
+    # through luigid. What a task computes never depends on where its folder is.
+    artifacts_dir = luigi.Parameter(default="artifacts", significant=False)
     stage = "task"
     # Selection reads its inputs' failures as data; every other task fails with its first failed input.
     carries_upstream_failures = True
@@ -102,7 +104,12 @@ class RecipeTask(luigi.Task):
         return req if isinstance(req, dict) else {str(i): t for i, t in enumerate(luigi.task.flatten(req))}
 
     def stored_result(self) -> dict | None:
-        return _read_json(Path(self.output().path))
+        """This task's result in the local artifacts folder, fetched from the shared build store (pipeline.build_store)
+        first when the folder lacks it and a store is configured."""
+        res = _read_json(Path(self.output().path))
+        if res is None and build_store.store_url() and build_store.pull(self.out_dir, Path(self.artifacts_dir)):
+            res = _read_json(Path(self.output().path))
+        return res
 
     def result(self) -> dict:
         res = self.stored_result()
@@ -194,6 +201,11 @@ class RecipeTask(luigi.Task):
                        outputs=_file_hashes(tmp))
             write_json_atomic(tmp / RESULT_FILE, res)
         _WRITTEN_HERE.add(self.output().path)
+        if build_store.store_url() and not res.get("retry"):  # shared with the other build machines
+            try:
+                build_store.push(self.out_dir, Path(self.artifacts_dir), res)
+            except Exception as e:  # noqa: BLE001 - the local build stands; others will build it themselves
+                log.warning("%s %s: not stored in the build store: %s", self.recipe.name, self.folder_name(), short(e))
 
 
 # ---------------------------------------------------------------- source, data, canonical model, reference

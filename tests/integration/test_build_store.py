@@ -1,0 +1,92 @@
+"""Build machines with their own artifacts folders sharing a build store on a real S3-API server (moto's, real
+HTTP): what one builds, the other fetches (checked by sha256) instead of building; a damaged stored file is not
+used; with luigid, two worker processes with separate local folders split one build through the store."""
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import luigi
+import pytest
+import yaml
+
+from models import tiny_recipe
+from pipeline.release.registry import read_index
+from pipeline.tasks import BuildAll
+from s3server import BUCKET
+from test_scale_out import ROOT, luigid, worker  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture
+def store(s3, monkeypatch):
+    endpoint, client = s3
+    prefix = f"builds-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("PIPELINE_BUILD_STORE", f"s3://{BUCKET}/{prefix}")
+    monkeypatch.setenv("PIPELINE_S3_ENDPOINT_URL", endpoint)
+    return client, prefix
+
+
+def build(recipes: Path, art: Path) -> bool:
+    return luigi.build([BuildAll(recipes_dir=str(recipes), artifacts_dir=str(art))], local_scheduler=True,
+                       log_level="WARNING")
+
+
+def results(art: Path) -> dict[str, bytes]:
+    return {p.parent.name: p.read_bytes() for p in (art / "build").rglob("result.json")}
+
+
+def test_a_second_machine_fetches_what_the_first_built(tmp_path, store):
+    client, prefix = store
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    (recipes / "tiny.yaml").write_text(yaml.safe_dump(tiny_recipe("tiny", "1", variants=["fp32", "int8_dynamic"])))
+    assert build(recipes, tmp_path / "a")
+    a = results(tmp_path / "a")
+    keys = {o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+            for o in page.get("Contents", [])}
+    assert {f"{prefix}/build/tiny/1/{name}/result.json" for name in a} <= keys
+
+    assert build(recipes, tmp_path / "b")
+    b = results(tmp_path / "b")
+    assert set(a) == set(b)
+    rebuilt = [n for n in a if a[n] != b[n]]
+    assert [n.rsplit("-", 1)[0] for n in rebuilt] == ["SelectAndPublish"]  # only publishing into b's own registry
+    ta, tb = (read_index(tmp_path / x / "registry")["models"]["tiny"]["versions"]["1"]["targets"]["wasm"]
+              for x in ("a", "b"))
+    assert [c["files"] for c in ta["fallbacks"]] == [c["files"] for c in tb["fallbacks"]]
+
+    # A stored file that is not what its result records is not used: that task is built again, correctly.
+    variant = next(n for n in a if n.startswith("Variant-fp32-"))
+    files = json.loads(a[variant])["outputs"]
+    name = next(iter(files))
+    client.put_object(Bucket=BUCKET, Key=f"{prefix}/build/tiny/1/{variant}/{name}", Body=b"not a model")
+    assert build(recipes, tmp_path / "c")
+    c = results(tmp_path / "c")
+    assert c[variant] != a[variant] and json.loads(c[variant])["outputs"] == files
+
+
+def test_two_workers_with_their_own_folders_split_a_build_through_the_store(tmp_path, store, luigid):  # noqa: F811
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    for name in ("tiny_a", "tiny_b"):
+        (recipes / f"{name}.yaml").write_text(yaml.safe_dump(tiny_recipe(name, "1", variants=["fp32", "int8_dynamic"])))
+    procs = [worker(luigid, recipes, tmp_path / f"machine{i}", tmp_path / f"worker{i}.log") for i in (1, 2)]
+    for i, p in enumerate(procs, 1):
+        assert p.wait(600) == 0, (tmp_path / f"worker{i}.log").read_text()[-3000:]
+    made = {}
+    for i in (1, 2):
+        for p in (tmp_path / f"machine{i}" / "build").rglob("result.json"):
+            r = json.loads(p.read_text())
+            made.setdefault(r["worker"], set()).add(p.parent.name)
+    assert len(made) == 2, made  # each machine built part of it, and fetched the rest it needed
+    published = {}
+    for i in (1, 2):
+        reg = tmp_path / f"machine{i}" / "registry" / "index.json"
+        if reg.exists():
+            for m, e in json.loads(reg.read_text())["models"].items():
+                published[m] = e["versions"]["1"]["targets"]["wasm"]["status"]
+    assert published == {"tiny_a": "chosen", "tiny_b": "chosen"}
