@@ -88,6 +88,14 @@ def train(out_path, seed: int = 0, width: int = 8) -> dict:
     return {"seed": seed, "width": width}
 
 
+def train_slowly(out_path, seconds: float = 10, seed: int = 0) -> dict:
+    """`train`, taking `seconds` first: a task long enough to kill a worker in the middle of it."""
+    import time
+
+    time.sleep(seconds)
+    return train(out_path, seed)
+
+
 def samples(input_name: str = "input", n: int = 12, seed: int = 1, labelled: bool = True) -> EvalSet:
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, 3, 8, 8)).astype(np.float32)
