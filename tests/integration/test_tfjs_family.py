@@ -287,7 +287,8 @@ def test_browser_matches_native(route, variant, target, request):
                                  eval_batch=4, warmup=1, runs=runs, timeout_s=180))
     assert res.status == "ok", f"{res.error} {res.console_errors[:3]}"
     assert res.env["runtime"] == "tfjs" and res.env["target"] == target and res.env["backend"] == target
-    assert len(res.latency_ms) == runs
+    # SwiftShader here: WebGPU is measured as a correctness check (one timed run) unless asked otherwise.
+    assert len(res.latency_ms) == (1 if target == "webgpu" else runs)
     _close(res.outputs["logits"], r.ref["logits"], variant)
     if variant == "tfjs_fp32":
         assert (res.outputs["logits"].argmax(1) == r.ref["logits"].argmax(1)).all()
