@@ -324,6 +324,14 @@ def test_memory_views_and_network_profile(tiny_model, samples):
     # At least one round trip of emulated latency, and far slower than the unthrottled download.
     assert "error" not in res.network_download, res.network_download
     assert res.network_download["ms"] >= 300 and res.network_download["ms"] > res.download_ms
+    # The model used where timing it would take long (or on a remote browser) agrees with Chrome's throttling.
+    from browser_validate.harness import THROTTLED_DOWNLOAD_LIMIT_MS, _modelled_download
+
+    modelled = _modelled_download(profile, [tiny_model])
+    assert "basis" not in res.network_download and modelled["ms"] < THROTTLED_DOWNLOAD_LIMIT_MS
+    assert 0.7 * modelled["ms"] <= res.network_download["ms"] <= 1.5 * modelled["ms"] + 100, (modelled, res.network_download)
+    big = _modelled_download({"download_kbps": 20000, "latency_ms": 40}, [tiny_model] * 1000)
+    assert big["ms"] == pytest.approx(40 * 1000 + 1000 * tiny_model.stat().st_size * 8 / 20000)
 
 
 @pytest.mark.browser
