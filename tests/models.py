@@ -295,8 +295,8 @@ def cell_recipe(**fields) -> dict:
             "outputs": [{"name": "y"}, {"name": "state_out", "batch_axis": 1}],
             "data": {"eval": {"function": "models:cell_samples"}, "eval_batch": 1},
             "budget": {"max_abs_error": 1e-4},
-            "targets": ["wasm"], "variants": ["fp32"],
-            "measure": {"wasm": {"runs": 3, "warmup": 1, "qoe_modes": []}},
+            "targets": ["wasm", "webgpu"], "variants": ["fp32"],
+            "measure": {t: {"runs": 3, "warmup": 1, "qoe_modes": []} for t in ("wasm", "webgpu")},
             **fields}
 
 

@@ -201,10 +201,11 @@ def test_inputs_with_their_batch_elsewhere_a_scalar_and_a_constant(tmp_path):
     art = tmp_path / "art"
     assert build(tmp_path / "recipes", art).scheduling_succeeded
     v = read_index(art / "registry")["models"]["cell"]["versions"]["1"]
-    t = v["targets"]["wasm"]
-    assert t["status"] == "chosen", t["reason"]
-    acc = t["metrics"]["accuracy"]
-    assert set(acc["outputs"]) == {"y", "state_out"} and acc["samples"] == 6 and acc["max_abs_error"] < 1e-4
+    for target in ("wasm", "webgpu"):
+        t = v["targets"][target]
+        assert t["status"] == "chosen", t["reason"]
+        acc = t["metrics"]["accuracy"]
+        assert set(acc["outputs"]) == {"y", "state_out"} and acc["samples"] == 6 and acc["max_abs_error"] < 1e-4
     assert [(i["name"], i["batch_axis"], i["value"]) for i in v["inputs"]] == \
         [("x", 0, None), ("state", 1, None), ("gain", None, 2.0)]
     onnx_model = onnx.load(next((art / "build" / "cell" / "1").glob("CanonicalOnnx-*/model.onnx")))
@@ -250,9 +251,10 @@ def test_stateful_model_runs_its_sequences_with_the_state_fed_back(tmp_path):
     (tmp_path / "recipes" / "cell.yaml").write_text(yaml.safe_dump(recipe))
     art = tmp_path / "art"
     assert build(tmp_path / "recipes", art).scheduling_succeeded
-    t = read_index(art / "registry")["models"]["cell"]["versions"]["1"]["targets"]["wasm"]
-    assert t["status"] == "chosen", t["reason"]
-    assert len(t["metrics"]["accuracy"]["outputs"]["state_out"]["max_abs_error_by_step"]) == 3
+    for target in ("wasm", "webgpu"):
+        t = read_index(art / "registry")["models"]["cell"]["versions"]["1"]["targets"][target]
+        assert t["status"] == "chosen", t["reason"]
+        assert len(t["metrics"]["accuracy"]["outputs"]["state_out"]["max_abs_error_by_step"]) == 3
 
     build_dir = art / "build" / "cell" / "1"
     model = StatefulCell()
@@ -268,9 +270,10 @@ def test_stateful_model_runs_its_sequences_with_the_state_fed_back(tmp_path):
                              torch.from_numpy(data.inputs["state"][i:i + 1]).transpose(0, 1),
                              torch.tensor(2.0))[0].numpy()[0])
     reference = np.load(next(build_dir.glob("ReferenceOutputs-*/reference.npz")))["y"]
-    browser = np.load(next(build_dir.glob("Browser-fp32-wasm-*/outputs.npz")))["y"]
     np.testing.assert_allclose(reference, expected, atol=1e-6)
-    np.testing.assert_allclose(browser, expected, atol=1e-5)
+    for target in ("wasm", "webgpu"):
+        browser = np.load(next(build_dir.glob(f"Browser-fp32-{target}-*/outputs.npz")))["y"]
+        np.testing.assert_allclose(browser, expected, atol=1e-5)
     assert not np.allclose(np.array(fed)[[1, 2, 4, 5]], np.array(expected)[[1, 2, 4, 5]], atol=1e-3)
 
 
