@@ -264,3 +264,25 @@ def test_example_app_classifies_a_photo(tmp_path_factory):
         server.close()
     assert chosen[True]["target"] == "webgpu" and chosen[False]["target"] == "wasm"
     assert any("software (fallback) adapter" in s["why"] for s in chosen[False]["skipped"])
+
+
+def test_device_class_picks_that_class_decision(registry, tmp_path):
+    """A target decided per device class: the loader takes the visitor's class's ranking when it is given one,
+    the target's own otherwise."""
+    def two_classes(index, root):
+        t = wasm_target(index)
+        other = copy.deepcopy(t)
+        other["fallbacks"] = list(reversed(other["fallbacks"]))  # that class ranked the candidates the other way
+        other["device_class"] = "phone"
+        t["device_classes"] = {"build-machine": copy.deepcopy(t), "phone": other}
+
+    s = Site(edited_copy(registry, tmp_path / "reg", two_classes))
+    try:
+        t = wasm_target(json.loads((tmp_path / "reg" / "index.json").read_text()))
+        default = s.load(targets=["wasm"])["info"]
+        phone = s.load(targets=["wasm"], deviceClass="phone")["info"]
+        unknown = s.load(targets=["wasm"], deviceClass="fridge")["info"]
+        assert default["variant"] == unknown["variant"] == t["fallbacks"][0]["variant"]
+        assert phone["variant"] == t["device_classes"]["phone"]["fallbacks"][0]["variant"] != default["variant"]
+    finally:
+        s.close()
