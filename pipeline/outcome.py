@@ -66,6 +66,13 @@ class DataError(PipelineError):
     stage = "data"
 
 
+class OutsideBudget(PipelineError):
+    """Not measured in the browser: the same file, run natively, is already outside the accuracy budget."""
+
+    stage = "browser"
+    status = "skipped"
+
+
 class ConversionError(PipelineError):
     """A conversion step failed; the message names the step, the file and the cause."""
 

@@ -390,6 +390,10 @@ class Measure(_Strict):
     # run (no warm-up, no user-experience probe): its speed says nothing of a GPU, and the decision is provisional
     # anyway; "full" measures as on hardware.
     software_gpu: Literal["correctness", "full"] = "correctness"
+    # Skip the browser for a variant whose own file, run natively (onnxruntime, same samples), is already outside
+    # the accuracy budget: it cannot be chosen. Recorded as skipped with the native figures; remeasured when the
+    # budget changes.
+    skip_outside_budget: bool = True
 
 
 def _default_measure() -> dict[str, Measure]:

@@ -67,6 +67,8 @@ class RecipeTask(luigi.Task):
     stage = "task"
     # Selection reads its inputs' failures as data; every other task fails with its first failed input.
     carries_upstream_failures = True
+    # Inputs whose failure is no failure of this task (it reads them if they are there).
+    optional_inputs: tuple[str, ...] = ()
     # A model's failure is a result; the machine's (disk full, I/O error) and publishing's fail the build instead.
     records_failures = True
 
@@ -180,7 +182,7 @@ class RecipeTask(luigi.Task):
         with atomic_dir(self.out_dir) as tmp:
             consumed = {name: dep.result() for name, dep in self.inputs().items()}
             try:
-                failed = [r for r in consumed.values() if r["status"] != "ok"]
+                failed = [r for k, r in consumed.items() if r["status"] != "ok" and k not in self.optional_inputs]
                 if failed and self.carries_upstream_failures:
                     raise upstream_failure(failed[0])
                 res = {"status": "ok", **self.work(tmp)}
@@ -488,6 +490,7 @@ class BrowserMeasure(RecipeTask):
     target = luigi.Parameter()
     host = luigi.Parameter(default=LOCAL_HOST, description="browser host (pipeline.hosts) the measurement runs on")
     stage = "browser"
+    optional_inputs = ("native",)
 
     @property
     def resources(self):
@@ -499,9 +502,21 @@ class BrowserMeasure(RecipeTask):
         return {h.resource: 1, **({} if h.remote else {"timing": 1})}
 
     def requires(self):
-        return {"variant": BuildVariant(self.recipe_path, self.artifacts_dir, variant=self.variant),
+        from pipeline.families import variant
+
+        deps = {"variant": BuildVariant(self.recipe_path, self.artifacts_dir, variant=self.variant),
                 "data": EvalData(self.recipe_path, self.artifacts_dir),
                 "reference": ReferenceOutputs(self.recipe_path, self.artifacts_dir)}
+        if self.recipe.measure[self.target].skip_outside_budget and variant(self.variant).native == "ort":
+            deps["native"] = NativeRun(self.recipe_path, self.artifacts_dir, variant=self.variant)
+        return deps
+
+    def stale_reason(self) -> str | None:
+        why = super().stale_reason()
+        res = None if why else self.stored_result()
+        if res and res.get("status") == "skipped" and res.get("budget") != self.recipe.budget.model_dump(mode="json"):
+            return "the budget it was skipped by changed"
+        return why
 
     def fingerprint(self):
         from pipeline.families import variant
@@ -527,7 +542,18 @@ class BrowserMeasure(RecipeTask):
         from pipeline.evaluate.browser import measure_in_browser
         from pipeline.families import variant
 
+        from pipeline.evaluate.metrics import budget_violations
+        from pipeline.outcome import OutsideBudget
+
         deps = self.requires()
+        native = deps["native"].result() if "native" in deps else {}
+        if native.get("status") == "ok" and native.get("accuracy"):
+            why = budget_violations(native["accuracy"], self.recipe.budget)
+            if why:
+                raise OutsideBudget(f"not measured in the browser: this file natively ({native.get('measured')}) is "
+                                    f"outside the budget: {'; '.join(why)}",
+                                    details={"budget": self.recipe.budget.model_dump(mode="json"),
+                                             "native_accuracy": native["accuracy"]})
         inputs, labels = deps["data"].load()
 
         def progress(stage: str, percent: int | None) -> None:  # shown by luigid's UI and `luigi` status
