@@ -61,9 +61,7 @@ def _file_hashes(folder: Path) -> dict[str, str]:
 
 class RecipeTask(luigi.Task):
     recipe_path = luigi.Parameter()
-    # Not part of the task's id: build machines with their own local folders (sharing a build store) share tasks
-    # through luigid. What a task computes never depends on where its folder is.
-    artifacts_dir = luigi.Parameter(default="artifacts", significant=False)
+    artifacts_dir = luigi.Parameter(default="artifacts")
     stage = "task"
     # Selection reads its inputs' failures as data; every other task fails with its first failed input.
     carries_upstream_failures = True

@@ -1,10 +1,7 @@
 """Build machines with their own artifacts folders sharing a build store on a real S3-API server (moto's, real
 HTTP): what one builds, the other fetches (checked by sha256) instead of building; a damaged stored file is not
-used; with luigid, two worker processes with separate local folders split one build through the store."""
+used."""
 import json
-import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -16,7 +13,6 @@ from models import tiny_recipe
 from pipeline.release.registry import read_index
 from pipeline.tasks import BuildAll
 from s3server import BUCKET
-from test_scale_out import ROOT, luigid, worker  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.browser
 
@@ -68,25 +64,3 @@ def test_a_second_machine_fetches_what_the_first_built(tmp_path, store):
     c = results(tmp_path / "c")
     assert c[variant] != a[variant] and json.loads(c[variant])["outputs"] == files
 
-
-def test_two_workers_with_their_own_folders_split_a_build_through_the_store(tmp_path, store, luigid):  # noqa: F811
-    recipes = tmp_path / "recipes"
-    recipes.mkdir()
-    for name in ("tiny_a", "tiny_b"):
-        (recipes / f"{name}.yaml").write_text(yaml.safe_dump(tiny_recipe(name, "1", variants=["fp32", "int8_dynamic"])))
-    procs = [worker(luigid, recipes, tmp_path / f"machine{i}", tmp_path / f"worker{i}.log") for i in (1, 2)]
-    for i, p in enumerate(procs, 1):
-        assert p.wait(600) == 0, (tmp_path / f"worker{i}.log").read_text()[-3000:]
-    made = {}
-    for i in (1, 2):
-        for p in (tmp_path / f"machine{i}" / "build").rglob("result.json"):
-            r = json.loads(p.read_text())
-            made.setdefault(r["worker"], set()).add(p.parent.name)
-    assert len(made) == 2, made  # each machine built part of it, and fetched the rest it needed
-    published = {}
-    for i in (1, 2):
-        reg = tmp_path / f"machine{i}" / "registry" / "index.json"
-        if reg.exists():
-            for m, e in json.loads(reg.read_text())["models"].items():
-                published[m] = e["versions"]["1"]["targets"]["wasm"]["status"]
-    assert published == {"tiny_a": "chosen", "tiny_b": "chosen"}
