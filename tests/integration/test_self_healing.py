@@ -125,9 +125,12 @@ def test_crash_is_retried_and_lost_or_altered_outputs_are_rebuilt(project, monke
         p.unlink() if p.is_file() else p.rmdir()
     assert build(project).scheduling_succeeded
     assert sha256_file(model) == good
-    measured = json.loads(next((project / "art" / "build" / "heal" / "1").glob(
-        f"Browser-{winner['variant']}-wasm-*/result.json")).read_text())["measured_files"]["model.onnx"]
-    assert entry(project)["targets"]["wasm"]["files"][0]["sha256"] == measured == good
+    # The re-measured variant may lose to its near-tied rival on noisy timings: check whichever is published.
+    pub = entry(project)["targets"]["wasm"]
+    build_dir = project / "art" / "build" / "heal" / "1"
+    measured = json.loads(next(build_dir.glob(f"Browser-{pub['variant']}-wasm-*/result.json")).read_text())
+    built = sha256_file(next(build_dir.glob(f"Variant-{pub['variant']}-*")) / "model.onnx")
+    assert pub["files"][0]["sha256"] == measured["measured_files"]["model.onnx"] == built
 
 
 def cli(project: Path, *extra: str, prelude: str = "") -> list[str]:
