@@ -49,8 +49,9 @@ def test_a_second_machine_fetches_what_the_first_built(tmp_path, store):
     assert build(recipes, tmp_path / "b")
     b = results(tmp_path / "b")
     assert set(a) == set(b)
-    rebuilt = [n for n in a if a[n] != b[n]]
-    assert [n.rsplit("-", 1)[0] for n in rebuilt] == ["SelectAndPublish"]  # only publishing into b's own registry
+    # Everything fetched byte for byte (a rerun would record other timings); selection ran again only to publish
+    # into b's own registry.
+    assert [n for n in a if a[n] != b[n] and not n.startswith("SelectAndPublish-")] == []
     ta, tb = (read_index(tmp_path / x / "registry")["models"]["tiny"]["versions"]["1"]["targets"]["wasm"]
               for x in ("a", "b"))
     assert [c["files"] for c in ta["fallbacks"]] == [c["files"] for c in tb["fallbacks"]]
