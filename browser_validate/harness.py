@@ -74,6 +74,9 @@ class MeasureRequest:
     # the delay of synthetic clicks are recorded. Empty: skipped.
     qoe_modes: list[str] = field(default_factory=list)
     qoe_duration_ms: float = 3000.0
+    # {"fps": …, "input_delay_ms": …}: when the main thread meets both, the worker mode is not probed (the choice
+    # between them only matters when the main thread does not stay responsive). None: every mode asked.
+    qoe_enough: dict | None = None
     # Download time of the model files again under an emulated network (DevTools protocol), e.g.
     # {"name": "fast-4g", "download_kbps": 9000, "upload_kbps": 1500, "latency_ms": 60}. None: skipped.
     network_profile: dict | None = None
@@ -96,6 +99,7 @@ class MeasureRequest:
     # On a software GPU adapter (SwiftShader): "correctness" measures outputs and one timed run, no warm-up and
     # no user-experience probe (its speed says nothing of a GPU); "full" measures as asked.
     software_gpu: str = "correctness"
+    software_gpu_samples: int = 8  # evaluation samples a correctness check compares
 
 
 @dataclass
@@ -117,6 +121,7 @@ class MeasureResult:
     page_memory_bytes: int | None = None  # performance.measureUserAgentSpecificMemory(), when it answers in time
     network_download: dict | None = None  # {"profile": ..., "ms": ...} under req.network_profile
     runtime_files: list[dict] = field(default_factory=list)  # [{url, sha256, bytes}] of the runtime the page loaded
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage: where a measurement's time goes
 
     def to_json(self) -> dict:
         """Everything but the outputs, JSON-serialisable."""
@@ -239,6 +244,7 @@ def _run_page(req: MeasureRequest, origin: str, job_prefix: str, on_stage=None) 
         page.on("crash", on_crash)
 
         stage["name"] = "page"
+        stage_log.append(("page", time.monotonic()))
         before_goto = renderer_pids() if not remote else set()
         page.goto(f"{origin}/page/index.html", timeout=remaining_ms(), wait_until="load")
         page.wait_for_function("() => window.__benchReady === true", timeout=remaining_ms())
@@ -255,8 +261,10 @@ def _run_page(req: MeasureRequest, origin: str, job_prefix: str, on_stage=None) 
             "requiredFeatures": list(req.required_features), "jobBase": job_prefix,
             "debugHangStage": req.debug_hang_stage,
             "feedback": dict(req.feedback) or None, "sequenceLength": req.sequence_length,
-            "softwareGpu": req.software_gpu,
-            "qoe": {"modes": list(req.qoe_modes), "durationMs": float(req.qoe_duration_ms)} if req.qoe_modes else None,
+            "softwareGpu": req.software_gpu, "correctnessSamples": max(1, int(req.software_gpu_samples)),
+            "qoe": {"modes": list(req.qoe_modes), "durationMs": float(req.qoe_duration_ms),
+                    "enough": {"fps": req.qoe_enough["fps"], "inputDelayMs": req.qoe_enough["input_delay_ms"]}
+                    if req.qoe_enough else None} if req.qoe_modes else None,
         }
         gpu = gpu_pids() if not remote else []
         gpu_baseline = baseline_memory(gpu) if gpu else None
@@ -291,9 +299,12 @@ def _run_page(req: MeasureRequest, origin: str, job_prefix: str, on_stage=None) 
         if r["status"] == "ok" and req.network_profile:
             modelled = _modelled_download(req.network_profile, req.model_files)
             # Watching a bandwidth limiter for minutes tells nothing its model does not (Chrome's throttling is
-            # that model): above THROTTLED_DOWNLOAD_LIMIT_MS, and on a remote browser, the figure is modelled.
-            result.network_download = (modelled if remote or modelled["ms"] > THROTTLED_DOWNLOAD_LIMIT_MS else
-                                       _download_under_profile(context, page, req.network_profile, remaining_ms()))
+            # that model): above THROTTLED_DOWNLOAD_LIMIT_MS, on a remote browser, and in a correctness check
+            # (the download does not depend on the GPU), the figure is modelled.
+            watch = not (remote or modelled["ms"] > THROTTLED_DOWNLOAD_LIMIT_MS or r["env"].get("correctness_only"))
+            stage_log.append(("network", time.monotonic()))
+            result.network_download = (_download_under_profile(context, page, req.network_profile, remaining_ms())
+                                       if watch else modelled)
 
         result.status = r["status"]
         result.error = r["error"]
@@ -332,18 +343,24 @@ def _run_page(req: MeasureRequest, origin: str, job_prefix: str, on_stage=None) 
                       "memory_pids": len(page_renderers), "console": console[-50:],
                       **({"served": "routed through Playwright from the measuring machine"} if remote else {})}
         _close_context(context, page_renderers, hung=hung, endpoint=req.host_endpoint)
+        result.stage_seconds = stage_seconds(stage_log)
     return result
+
+
+def stage_seconds(stage_log: list[tuple[str, float]]) -> dict[str, float]:
+    """Seconds spent in each stage (the last one up to now), in order; a stage entered twice adds up."""
+    now = time.monotonic()
+    out: dict[str, float] = {}
+    for i, (name, t0) in enumerate(stage_log):
+        t1 = stage_log[i + 1][1] if i + 1 < len(stage_log) else now
+        out[name] = round(out.get(name, 0.0) + t1 - t0, 3)
+    return out
 
 
 def _stage_durations(stage_log: list[tuple[str, float]]) -> str:
     """'session 2.1s, first 61.0s, eval >1100s': where a timed-out measurement spent its time."""
-    now = time.monotonic()
-    parts = []
-    for i, (name, t0) in enumerate(stage_log):
-        last = i == len(stage_log) - 1
-        t1 = now if last else stage_log[i + 1][1]
-        parts.append(f"{name} {'>' if last else ''}{t1 - t0:.1f}s")
-    return ", ".join(parts)
+    spent = list(stage_seconds(stage_log).items())
+    return ", ".join(f"{name} {'>' if i == len(spent) - 1 else ''}{s:.1f}s" for i, (name, s) in enumerate(spent))
 
 
 def _download_under_profile(context, page, profile: dict, timeout_ms: float) -> dict:

@@ -390,6 +390,10 @@ class Measure(_Strict):
     # run (no warm-up, no user-experience probe): its speed says nothing of a GPU, and the decision is provisional
     # anyway; "full" measures as on hardware.
     software_gpu: Literal["correctness", "full"] = "correctness"
+    # How many evaluation samples (the first of those measured; whole sequences for a stateful model) that
+    # correctness check compares: a broken kernel shows on any sample, and on SwiftShader one 224x224 image takes
+    # seconds. The accuracy figures say how many samples they rest on.
+    software_gpu_samples: int = Field(8, ge=1)
     # Skip the browser for a variant whose own file, run natively (onnxruntime, same samples), is already outside
     # the accuracy budget: it cannot be chosen. Recorded as skipped with the native figures; remeasured when the
     # budget changes.

@@ -5,7 +5,8 @@
 // knows how to load/run/release on one, through its own backend.
 //
 // cfg (from harness.py): {runtime, target, threads, warmup, runs, evalBatch, feedback, sequenceLength, requiredFeatures, jobBase,
-//                         debugHangStage, qoe: {modes, durationMs} | null}
+//                         debugHangStage, softwareGpu, correctnessSamples,
+//                         qoe: {modes, durationMs, enough: {fps, inputDelayMs} | null} | null}
 
 import {TYPED, probeTarget, servedRuntime} from '/runtimes/adapter.js';
 
@@ -195,9 +196,15 @@ async function bench(cfg) {
     }
     // A software GPU (SwiftShader) says nothing of a GPU's speed: there, unless asked for timings, measure what
     // a correctness check needs (outputs, one timed run, no user-experience probe) and say so.
-    if (cfg.softwareGpu === 'correctness' && isSoftwareGpu(cfg.target, probe.info)) {
+    // The one place that decides what is a software GPU: Python reads this verdict for the device record.
+    res.env.software_gpu = cfg.target === 'wasm' ? null : isSoftwareGpu(cfg.target, probe.info);
+    // ... and its outputs on a few samples are what a correctness check needs (each sample can take seconds there).
+    let correctness = false;
+    if (cfg.softwareGpu === 'correctness' && res.env.software_gpu) {
+      correctness = true;
       cfg = {...cfg, warmup: 0, runs: 1, qoe: null};
-      res.env.correctness_only = 'software GPU adapter: outputs checked, one timed run, no user-experience probe';
+      res.env.correctness_only = `software GPU adapter: outputs checked on the first ${cfg.correctnessSamples} ` +
+        'evaluation samples, one timed run, no user-experience probe';
     }
     const missing = (cfg.requiredFeatures || []).filter((f) => !probe.features.includes(f));
     if (missing.length) {
@@ -212,7 +219,13 @@ async function bench(cfg) {
       if (!Typed) throw new Error(`unsupported input dtype ${inp.dtype} for ${inp.name}`);
       inputs.push({...inp, array: new Typed(await fetchBuffer(cfg.jobBase + inp.file))});
     }
-    const n = manifest.num_samples;
+    let n = manifest.num_samples;
+    if (correctness && cfg.correctnessSamples < n) {
+      // Whole sequences for a stateful model: the state must start where the data's sequences start.
+      const seq = cfg.feedback ? cfg.sequenceLength : 1;
+      n = Math.min(n, Math.ceil(cfg.correctnessSamples / seq) * seq);
+    }
+    res.env.evaluated_samples = n;
     lastJob = {manifest, base: cfg.jobBase};
 
     // Model files only: this is what a user would download.
@@ -256,8 +269,9 @@ async function bench(cfg) {
         res.eval_outputs.push(encodeOutputs(prev));
       }
     } else {
-      const plan = manifest.eval_batches || [];
+      let plan = manifest.eval_batches || [];
       if (!manifest.eval_batches) for (let i = 0; i < n; i += cfg.evalBatch) plan.push([i, Math.min(cfg.evalBatch, n - i)]);
+      plan = plan.filter(([i]) => i < n).map(([i, count]) => [i, Math.min(count, n - i)]);
       for (const [i, count] of plan) res.eval_outputs.push(encodeOutputs(await adapter.run(feedsFor(inputs, i, count))));
     }
 
@@ -283,6 +297,15 @@ async function bench(cfg) {
     if (cfg.qoe) {
       res.qoe = {};
       for (const mode of cfg.qoe.modes) {
+        const main = res.qoe.main;
+        const enough = cfg.qoe.enough;
+        if (mode === 'worker' && enough && main && !main.error && main.fps >= enough.fps &&
+            (main.input_delay_ms == null || main.input_delay_ms.p95 == null ||
+             main.input_delay_ms.p95 <= enough.inputDelayMs)) {
+          // Shipping decides between the two only when the main thread does not stay responsive.
+          res.env.qoe_skipped = `worker: the main thread stayed responsive (${main.fps.toFixed(0)} fps)`;
+          continue;
+        }
         setStage(`qoe-${mode}`, cfg);
         try {
           res.qoe[mode] = mode === 'main'

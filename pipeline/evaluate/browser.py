@@ -7,7 +7,7 @@ from typing import Callable
 
 import numpy as np
 
-from pipeline.evaluate.metrics import compare, latency_stats, ship_mode
+from pipeline.evaluate.metrics import INPUT_DELAY_OK_MS, SMOOTH_FPS, compare, latency_stats, ship_mode
 from pipeline.evaluate.samples import eval_subset
 from pipeline.outcome import MeasurementError, Unsupported
 from pipeline.targets import TARGETS
@@ -40,12 +40,14 @@ def measure_in_browser(recipe, spec, target: str, files: list[Path], inputs: dic
     req = MeasureRequest(runtime=spec.runtime, target=target, model_files=list(files), inputs=inputs,
                          eval_batch=recipe.data.eval_batch, warmup=m.warmup, runs=m.runs, threads=m.threads,
                          timeout_s=m.timeout_s, qoe_modes=list(m.qoe_modes), qoe_duration_ms=m.qoe_duration_ms,
+                         qoe_enough={"fps": SMOOTH_FPS, "input_delay_ms": INPUT_DELAY_OK_MS},
                          network_profile=m.network_profile.model_dump() if m.network_profile else None,
                          required_features=list(spec.required_features.get(target, ())),
                          input_batch_axes={i.name: i.batch_axis for i in recipe.inputs},
                          output_batch_axes={o.name: o.batch_axis for o in recipe.outputs},
                          feedback=dict(recipe.data.feedback), sequence_length=recipe.data.sequence_length,
-                         host_endpoint=host.endpoint, host_launch=host.launch, software_gpu=m.software_gpu)
+                         host_endpoint=host.endpoint, host_launch=host.launch, software_gpu=m.software_gpu,
+                         software_gpu_samples=m.software_gpu_samples)
     log.info("%s: measuring %s on %s in Chromium on host %s (%s)", recipe.name, spec.name, target, host.name,
              host.device_class)
 
@@ -64,6 +66,10 @@ def measure_in_browser(recipe, spec, target: str, files: list[Path], inputs: dic
         raise MeasurementError(res.error or "failed", retryable="crash" in (res.error or "").lower(),
                                details={k: record.get(k) for k in ("env", "console_errors")})
     np.savez(out / OUTPUTS_FILE, **res.outputs)
+    evaluated = (res.env or {}).get("evaluated_samples")
+    if evaluated is not None and evaluated < len(next(iter(inputs.values()))):  # a correctness check: the first few
+        reference = {k: v[:evaluated] for k, v in reference.items()}
+        labels = labels[:evaluated] if labels is not None else None
     acc = compare(res.outputs, reference, recipe.outputs, labels, recipe.data.sequence_length, recipe.detections)
     if acc["samples"] < total:  # a capped evaluation is weaker evidence: the decision says so
         acc["of_samples"] = total
@@ -82,22 +88,11 @@ def device(host, env: dict, target: str) -> dict:
     GPU is software (SwiftShader): then its speed says nothing of a GPU."""
     env = env or {}
     info = (env.get("probe") or {}).get("info") or None
-    gpu = info if TARGETS[target].gpu else None
+    gpu = TARGETS[target].gpu
+    # The page's verdict (bench.js isSoftwareGpu, the one rule): it also decides there on a correctness check.
     return {"class": host.device_class, "host": host.name, "remote": host.remote, "cpu": host.describe_cpu(),
             "cores": env.get("hardwareConcurrency"), "user_agent": env.get("userAgent"),
-            "gpu_adapter": gpu, "software_gpu": software_gpu(gpu)}
-
-
-SOFTWARE_GPU_MARKERS = ("swiftshader", "llvmpipe", "softpipe", "software")
-
-
-def software_gpu(info: dict | None) -> bool | None:
-    """True for a fallback/software adapter (WebGPU's isFallbackAdapter, SwiftShader or llvmpipe by name); None
-    when no adapter was seen."""
-    if not info:
-        return None
-    text = " ".join(str(info.get(k, "")) for k in ("architecture", "description", "renderer", "vendor")).lower()
-    return bool(info.get("isFallbackAdapter")) or any(m in text for m in SOFTWARE_GPU_MARKERS)
+            "gpu_adapter": info if gpu else None, "software_gpu": env.get("software_gpu") if gpu and info else None}
 
 
 # onnxruntime's own words when a GPU session leaves nodes to its CPU provider (its session_state.cc).

@@ -76,9 +76,13 @@ def software_gpu_only(c: Candidate) -> str | None:
         return None
     a = dev.get("gpu_adapter") or {}
     name = " ".join(str(a[k]) for k in ("vendor", "architecture", "renderer") if a.get(k)) or "a software adapter"
+    acc = c.record.get("accuracy") or {}
+    checked = (f"; outputs checked on {acc['samples']} of {acc['of_samples']} samples"
+               if acc.get("of_samples") and (c.record.get("env") or {}).get("correctness_only") else "")
     return (f"measured only on a software {c.target} adapter ({name}"
-            f"{', isFallbackAdapter' if a.get('isFallbackAdapter') else ''}) on device class {c.device_class}: "
-            f"its latency says nothing of a real GPU, configure a GPU browser host (pipeline.hosts) to decide")
+            f"{', isFallbackAdapter' if a.get('isFallbackAdapter') else ''}) on device class {c.device_class}"
+            f"{checked}: its latency says nothing of a real GPU, configure a GPU browser host (pipeline.hosts) "
+            f"to decide")
 
 
 def select(target: str, candidates: list[Candidate], tie_tolerance: float = 0.02,

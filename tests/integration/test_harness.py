@@ -175,10 +175,18 @@ def test_webgpu_matches_onnxruntime(tiny_model, samples):
     assert res.env["probe"]["available"] is True
     assert "vendor" in res.env["probe"]["info"] and "correctness_only" not in res.env
     # On the software adapter, by default: the outputs checked and one timed run, no user-experience probe.
+    assert res.env["software_gpu"] is True and res.env["evaluated_samples"] == N_SAMPLES
+    # On the software adapter, by default: the outputs of the first few samples checked and one timed run, no
+    # user-experience probe.
     res = measure(MeasureRequest(runtime="ort", target="webgpu", model_files=[tiny_model], inputs=samples,
-                                 eval_batch=4, warmup=1, runs=3, timeout_s=180, qoe_modes=["main"]))
-    _check_ok(res, tiny_model, samples, runs=1)
+                                 eval_batch=4, warmup=1, runs=3, timeout_s=180, qoe_modes=["main"],
+                                 software_gpu_samples=5))
+    first = {k: v[:5] for k, v in samples.items()}
+    _check_ok(res, tiny_model, first, runs=1)
     assert "software GPU" in res.env["correctness_only"] and res.qoe is None
+    assert res.env["evaluated_samples"] == 5
+    assert {"launch", "page", "session", "first", "eval", "timing"} <= set(res.stage_seconds)
+    assert all(s >= 0 for s in res.stage_seconds.values())
 
 
 @pytest.mark.browser
@@ -313,11 +321,28 @@ def test_qoe_main_thread_and_worker(tiny_model, samples, target):
 
 
 @pytest.mark.browser
+def test_qoe_worker_only_when_the_main_thread_is_not_responsive(tiny_model, samples):
+    def probe(enough):
+        res = measure(MeasureRequest(runtime="ort", target="wasm", model_files=[tiny_model], inputs=samples, runs=2,
+                                     warmup=1, timeout_s=120, qoe_modes=["main", "worker"], qoe_duration_ms=600,
+                                     qoe_enough=enough))
+        assert res.status == "ok", res.error
+        return res
+
+    easy = probe({"fps": 1, "input_delay_ms": 10_000})
+    assert easy.qoe["main"]["fps"] > 0 and "worker" not in easy.qoe
+    assert easy.env["qoe_skipped"].startswith("worker: the main thread stayed responsive")
+    strict = probe({"fps": 10_000, "input_delay_ms": 0})  # no page meets it: both modes are probed
+    assert strict.qoe["main"]["fps"] > 0 and strict.qoe["worker"]["fps"] > 0 and "qoe_skipped" not in strict.env
+
+
+@pytest.mark.browser
 def test_memory_views_and_network_profile(tiny_model, samples):
     # As the recipe schema hands it over: upload_kbps present but None (falls back to the download rate).
     profile = {"name": "slow", "download_kbps": 400, "upload_kbps": None, "latency_ms": 300}
+    # software_gpu="full": a correctness check models the download (it does not depend on the GPU)
     res = measure(MeasureRequest(runtime="ort", target="webgpu", model_files=[tiny_model], inputs=samples,
-                                 runs=2, warmup=1, timeout_s=120, network_profile=profile))
+                                 runs=2, warmup=1, timeout_s=120, network_profile=profile, software_gpu="full"))
     assert res.status == "ok", res.error
     assert res.gpu_process_peak_bytes is not None and res.gpu_process_peak_bytes >= 0
     assert res.page_memory_bytes is None or res.page_memory_bytes > 0

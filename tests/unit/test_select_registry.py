@@ -272,13 +272,18 @@ def test_selection_per_device_class_and_software_gpu_is_provisional():
     """Each device class gets its own decision; a WebGPU decision resting on a software adapter (SwiftShader) is
     provisional, says why and never calls itself fastest; in the index a hardware-GPU class's decision leads."""
     from pipeline.release.candidates import primary
-    from pipeline.evaluate.browser import software_gpu
+    from pipeline.evaluate.browser import cpu_fallback, device
+    from pipeline.hosts import DEFAULT_HOSTS
 
     swiftshader = {"vendor": "google", "architecture": "swiftshader", "isFallbackAdapter": True}
     real = {"vendor": "nvidia", "architecture": "hopper", "isFallbackAdapter": False}
+
+    def software_gpu(adapter):  # the device record carries the page's verdict (bench.js isSoftwareGpu)
+        env = {"probe": {"info": adapter}, "software_gpu": bool(adapter and adapter["isFallbackAdapter"])}
+        return device(DEFAULT_HOSTS[0], env, "webgpu")["software_gpu"]
+
     assert software_gpu(swiftshader) and not software_gpu(real) and software_gpu(None) is None
-    assert software_gpu({"renderer": "ANGLE (Google, Vulkan 1.3.0 (SwiftShader Device (Subzero)))"})
-    from pipeline.evaluate.browser import cpu_fallback
+    assert device(DEFAULT_HOSTS[0], {"probe": {"info": real}, "software_gpu": False}, "wasm")["software_gpu"] is None
 
     ort_log = ["error: 2026-11-25 [W:onnxruntime:, session_state.cc:1397 VerifyEachNodeIsAssignedToAnEp] Some nodes "
                "were not assigned to the preferred execution providers which may or may not have an negative impact"]
