@@ -87,7 +87,8 @@ export async function probeTarget(target) {
     };
   }
   if (target === 'wasm') {
-    return {available: typeof WebAssembly === 'object', features: [], info: {crossOriginIsolated: self.crossOriginIsolated}};
+    return {available: typeof WebAssembly === 'object', features: wasmFeatures(),
+            info: {crossOriginIsolated: self.crossOriginIsolated}};
   }
   if (target === 'webgl') {
     const canvas = typeof document !== 'undefined' ? document.createElement('canvas')
@@ -146,10 +147,15 @@ export async function probeCapabilities() {
     webgl = {renderer: gl.getParameter(gl.RENDERER)};
     features.push('webgl2');
   }
-  if (typeof WebAssembly === 'object') {
-    features.push('wasm');
-    if (WebAssembly.validate(SIMD_PROBE)) features.push('wasm-simd');
-    if (self.crossOriginIsolated && typeof SharedArrayBuffer !== 'undefined') features.push('wasm-threads');
-  }
+  features.push(...wasmFeatures());
   return {features, webgpu, webgl, crossOriginIsolated: Boolean(self.crossOriginIsolated)};
+}
+
+/** The wasm features this engine and page offer: wasm, wasm-simd, wasm-threads (registry vocabulary). */
+function wasmFeatures() {
+  if (typeof WebAssembly !== 'object') return [];
+  const features = ['wasm'];
+  if (WebAssembly.validate(SIMD_PROBE)) features.push('wasm-simd');
+  if (self.crossOriginIsolated && typeof SharedArrayBuffer !== 'undefined') features.push('wasm-threads');
+  return features;
 }

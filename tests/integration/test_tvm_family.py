@@ -161,7 +161,7 @@ def test_missing_emcc_is_a_clear_error(tmp_path, monkeypatch):
 def _measure(files: list[Path], target: str, inputs: dict[str, np.ndarray]):
     return measure(MeasureRequest(runtime="tvm", target=target, model_files=files, inputs=inputs,
                                   eval_batch=EVAL_BATCH, warmup=1, runs=3 if target == "webgpu" else 10,
-                                  timeout_s=180))
+                                  timeout_s=180, required_features=["wasm-simd"] if target == "wasm" else []))
 
 
 def _check(res, model: Path, inputs):
@@ -208,6 +208,10 @@ def test_embedded_weights_and_variant_spec(models, runtime_dir, tmp_path):
                                     tmp_path / "variant")
     meta = json.loads(files[1].read_text())
     assert meta["inputs"][0]["shape"] == [1, 3, 16, 16] and meta["weights"] == tvmc.WEIGHTS_DECISION
+    # Kernels compiled with wasm SIMD (binaryen's disassembler comes with Debian's emscripten), and required so.
+    assert specs["tvm_wasm"].required_features == {"wasm": ("wasm-simd",)}
+    text = subprocess.run(["wasm-dis", str(files[0])], capture_output=True, text=True, check=True).stdout
+    assert "f32x4." in text, "tvm_wasm kernels carry no 128-bit SIMD instructions"
 
     _check(_measure(files, "wasm", inputs), model, inputs)
 

@@ -60,8 +60,8 @@ def _variant(target: str):
 
 VARIANTS = [
     VariantSpec(name="tvm_wasm", runtime="tvm", targets=("wasm",), build=_variant("wasm"), native=None,
-                prerequisites=("tvm_web_runtime",),
-                description="TVM Relax, fp32, wasm32 CPU kernels (untuned), static batch 1"),
+                prerequisites=("tvm_web_runtime",), required_features={"wasm": ("wasm-simd",)},
+                description="TVM Relax, fp32, wasm32 CPU kernels with 128-bit SIMD (untuned), static batch 1"),
     VariantSpec(name="tvm_webgpu", runtime="tvm", targets=("webgpu",), build=_variant("webgpu"), native=None,
                 prerequisites=("tvm_web_runtime",),
                 description="TVM Relax, fp32, WebGPU kernels (dlight default schedules), static batch 1"),

@@ -178,7 +178,9 @@ def web_target(target: str):
 
     host = tvm.target.Target({"kind": "llvm", "mtriple": WASM_TRIPLE})
     if target == "wasm":
-        return host
+        # 128-bit wasm SIMD for the kernels (every current browser has it; the variant requires `wasm-simd`).
+        # Measured on text_direction, untuned, in Chromium: 20-29 ms -> 6-8 ms, outputs identical.
+        return tvm.target.Target({"kind": "llvm", "mtriple": WASM_TRIPLE, "mattr": ["+simd128"]})
     if target == "webgpu":
         return tvm.target.Target({"kind": "webgpu"}, host=host)
     raise ConversionError(f"unknown TVM web target {target!r} (wasm | webgpu)")
