@@ -66,7 +66,7 @@ class MeasureRequest:
     eval_batch: int = 1
     warmup: int = 3
     runs: int = 20
-    threads: int = 1
+    threads: int = 1  # 0: the host's core count (navigator.hardwareConcurrency); env["threads"] says what ran
     timeout_s: float = 300.0
     required_features: list[str] = field(default_factory=list)
     # User-experience probe after timing: continuous inference for qoe_duration_ms in each mode

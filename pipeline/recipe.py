@@ -375,7 +375,11 @@ class Measure(_Strict):
 
     warmup: int = Field(3, ge=0)
     runs: int = Field(20, ge=1)
-    threads: int = Field(1, ge=1, le=16)
+    # Thread counts to measure at (wasm threads need a cross-origin isolated page): each is its own candidate,
+    # paired with native onnxruntime at the same count; "cores" is the measuring host's core count
+    # (navigator.hardwareConcurrency; natively os.cpu_count()). Every count is measured in full (same samples,
+    # timings, QoE). An int means that one count.
+    threads: list[int | Literal["cores"]] = Field(default_factory=lambda: [1], min_length=1)
     timeout_s: float = Field(600, gt=0)
     # User-experience probe: continuous inference on the main thread and in a Web Worker while frames,
     # event-loop lag and input delay are recorded. [] skips it.
@@ -399,6 +403,17 @@ class Measure(_Strict):
     # budget changes.
     skip_outside_budget: bool = True
 
+    @field_validator("threads", mode="before")
+    @classmethod
+    def _threads(cls, v):
+        v = [v] if isinstance(v, (int, str)) else v
+        bad = [t for t in v if not (t == "cores" or (isinstance(t, int) and 1 <= t <= 16))]
+        if bad:
+            raise ValueError(f"thread counts must be 1..16 or 'cores', got {bad}")
+        if len(set(map(str, v))) != len(v):
+            raise ValueError(f"thread counts repeat: {v}")
+        return v
+
 
 def _default_measure() -> dict[str, Measure]:
     return {name: Measure(**t.measure_defaults) for name, t in TARGETS.items()}
@@ -419,6 +434,10 @@ class Selection(_Strict):
     objectives: list[str] = Field(default_factory=lambda: ["latency"], min_length=1)
     goals: Goals = Goals()
     tie_tolerance: float = Field(0.02, ge=0, le=0.5)
+    # Which measured thread counts compete (measure.<target>.threads): "all" ranks every count together (a
+    # cross-origin isolated page runs the best; a page without isolation falls back to the best 1-thread
+    # candidate, which the ranking keeps); "single" ranks only 1-thread candidates.
+    threads: Literal["all", "single"] = "all"
 
     @field_validator("objectives")
     @classmethod

@@ -19,7 +19,8 @@ class Target:
 
 
 TARGETS: dict[str, Target] = {t.name: t for t in [
-    Target("wasm", "WebAssembly on the CPU (SIMD; threads when the page is cross-origin isolated)", gpu=False),
+    Target("wasm", "WebAssembly on the CPU (SIMD; threads when the page is cross-origin isolated)", gpu=False,
+           measure_defaults={"threads": [1, "cores"]}),
     # Software WebGPU here is 700-2200x slower than native (TOOLCHAIN.md): few runs, correctness first.
     Target("webgpu", "WebGPU", gpu=True, measure_defaults={"warmup": 1, "runs": 3, "timeout_s": 1200}),
     Target("webgl", "WebGL 2", gpu=True, measure_defaults={"warmup": 1, "runs": 5}),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -39,12 +40,16 @@ def main() -> int:
         native = {}
         for p in folder.glob("Native-*/result.json"):
             res = json.loads(p.read_text())
-            native[res["task"].split("-", 1)[1]] = res
+            native[res["task"].split("-", 1)[1]] = res  # fp32, fp32-t2 (at 2 threads)
         candidates = []
         for p in folder.glob("Browser-*/result.json"):
             res = json.loads(p.read_text())
-            v, t = res["task"].split("-", 1)[1].rsplit("-", 1)
-            candidates.append(candidate(r, v, variant(v).runtime, t, res, [], native[v]))
+            m = re.fullmatch(r"Browser-(.+)-(wasm|webgpu|webgl)(?:-t(\w+))?", res["task"])
+            if not m:  # another browser host's measurement
+                continue
+            v, t, n = m.groups()
+            nat = native[v] if not n else {**native[f"{v}-t{n}"], "accuracy": native[v].get("accuracy")}
+            candidates.append(candidate(r, v, variant(v).runtime, t, res, [], nat))
         for t in r.targets:
             d = select(t, candidates, r.selection.tie_tolerance, r.selection.objectives, r.selection.goals)
             old = published["targets"][t]

@@ -245,7 +245,7 @@ def tiny_recipe(name: str, version: str, **fields) -> dict:
             "data": {"eval": {"function": "models:samples"}, "eval_batch": 4},
             "budget": {"min_top1_agreement": 0.9},
             "targets": ["wasm"], "variants": ["fp32"],
-            "measure": {"wasm": {"runs": 3, "warmup": 1, "qoe_modes": []}},
+            "measure": {"wasm": {"runs": 3, "warmup": 1, "qoe_modes": [], "threads": [1]}},
             **fields}
 
 
@@ -296,7 +296,7 @@ def cell_recipe(**fields) -> dict:
             "data": {"eval": {"function": "models:cell_samples"}, "eval_batch": 1},
             "budget": {"max_abs_error": 1e-4},
             "targets": ["wasm", "webgpu"], "variants": ["fp32"],
-            "measure": {t: {"runs": 3, "warmup": 1, "qoe_modes": []} for t in ("wasm", "webgpu")},
+            "measure": {t: {"runs": 3, "warmup": 1, "qoe_modes": [], "threads": [1]} for t in ("wasm", "webgpu")},
             **fields}
 
 
@@ -358,7 +358,7 @@ def embedder_recipe(**fields) -> dict:
             "targets": ["wasm"], "variants": ["fp32", "int8_weights", "int4", "int4_fp16"],
             # Measured in the browser even when a 4-bit variant is outside the budget natively: the tests check
             # that every variant loads and runs there.
-            "measure": {"wasm": {"runs": 3, "warmup": 1, "qoe_modes": [], "skip_outside_budget": False}},
+            "measure": {"wasm": {"runs": 3, "warmup": 1, "qoe_modes": [], "threads": [1], "skip_outside_budget": False}},
             **fields}
 
 
@@ -403,7 +403,7 @@ def ctc_recipe(**fields) -> dict:
             "data": {"eval": {"function": "models:ctc_samples"}, "eval_batch": 4},
             "budget": {"max_char_error_rate": 0.0, "min_sequence_match": 1.0},
             "targets": ["wasm"], "variants": ["fp32", "int8_dynamic"],
-            "measure": {"wasm": {"runs": 3, "warmup": 1, "qoe_modes": []}},
+            "measure": {"wasm": {"runs": 3, "warmup": 1, "qoe_modes": [], "threads": [1]}},
             **fields}
 
 
@@ -480,7 +480,7 @@ def detector_recipe(**fields) -> dict:
                                    "objects": {"max_missed_detections": 0.0, "max_extra_detections": 0.0,
                                                "min_box_iou": 0.99, "max_score_error": 0.01}}},
             "targets": ["wasm", "webgpu"], "variants": ["fp32", "int8_dynamic"],
-            "measure": {t: {"runs": 3, "warmup": 1, "qoe_modes": []} for t in ("wasm", "webgpu")},
+            "measure": {t: {"runs": 3, "warmup": 1, "qoe_modes": [], "threads": [1]} for t in ("wasm", "webgpu")},
             **fields}
 
 

@@ -241,7 +241,11 @@ async function bench(cfg) {
 
     setStage('session', cfg);
     t0 = performance.now();
-    const loaded = await adapter.load({files, target: cfg.target, threads: cfg.threads, runtime: servedRuntime()});
+    // 0 threads: as many as the visitor's machine has cores (what an app passing hardwareConcurrency gets).
+    const threads = cfg.threads > 0 ? cfg.threads : (navigator.hardwareConcurrency || 1);
+    res.env.threads = threads;
+    cfg = {...cfg, threads};  // the QoE worker loads with the same count
+    const loaded = await adapter.load({files, target: cfg.target, threads, runtime: servedRuntime()});
     res.session_ms = performance.now() - t0;
     res.env.session = loaded && loaded.info;
     // Keep the model bytes only if a Worker will need them; otherwise let them be collected.

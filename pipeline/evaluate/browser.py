@@ -19,13 +19,29 @@ OUTPUTS_FILE = "outputs.npz"
 STAGES = ["inputs", "download", "session", "first", "eval", "warmup", "timing", "qoe-main", "qoe-worker"]
 
 
+def thread_counts(recipe, target: str, runtime: str) -> list[str]:
+    """The thread counts `runtime` is measured at on `target` (measure.<target>.threads, as task parameters: "1",
+    "cores"): only the first for a runtime that runs one thread whatever it is asked."""
+    from browser_validate.runtimes import RUNTIMES
+
+    counts = [str(t) for t in recipe.measure[target].threads]
+    return counts if RUNTIMES[runtime].threads else counts[:1]
+
+
+def page_threads(count: str) -> int:
+    """A thread count as the measuring page takes it: 0 is the host's core count (the page resolves it)."""
+    return 0 if count == "cores" else int(count)
+
+
 def measure_in_browser(recipe, spec, target: str, files: list[Path], inputs: dict[str, np.ndarray],
                        labels: np.ndarray | None, reference: dict[str, np.ndarray], out: Path,
-                       progress: Callable[[str, int | None], None] | None = None, host=None) -> dict:
+                       progress: Callable[[str, int | None], None] | None = None, host=None,
+                       threads: str | None = None) -> dict:
     """Run `files` (variant `spec`) on `target` and return the record its task keeps; the browser's outputs go to
     `out/outputs.npz`. Raises Unsupported when the browser cannot run it, MeasurementError when the run fails
     (a crash is retryable: it may be the machine's fault; a timeout is kept: raise measure.<target>.timeout_s).
-    `host` (pipeline.hosts.BrowserHost; default: the local one) is where the browser runs."""
+    `host` (pipeline.hosts.BrowserHost; default: the local one) is where the browser runs; `threads` the count
+    (default: the target's first)."""
     from browser_validate.harness import MeasureRequest, measure
     from pipeline.hosts import DEFAULT_HOSTS
 
@@ -38,7 +54,8 @@ def measure_in_browser(recipe, spec, target: str, files: list[Path], inputs: dic
         inputs, reference = {k: v[idx] for k, v in inputs.items()}, {k: v[idx] for k, v in reference.items()}
         labels = labels[idx] if labels is not None else None
     req = MeasureRequest(runtime=spec.runtime, target=target, model_files=list(files), inputs=inputs,
-                         eval_batch=recipe.data.eval_batch, warmup=m.warmup, runs=m.runs, threads=m.threads,
+                         eval_batch=recipe.data.eval_batch, warmup=m.warmup, runs=m.runs,
+                         threads=page_threads(threads or str(m.threads[0])),
                          timeout_s=m.timeout_s, qoe_modes=list(m.qoe_modes), qoe_duration_ms=m.qoe_duration_ms,
                          qoe_enough={"fps": SMOOTH_FPS, "input_delay_ms": INPUT_DELAY_OK_MS},
                          network_profile=m.network_profile.model_dump() if m.network_profile else None,

@@ -11,15 +11,18 @@ from pipeline.release.registry import publish
 from pipeline.release.report import candidate_rows
 from pipeline.release.select import Candidate, Decision, select
 
-NATIVE_FIELDS = ("status", "latency_ms", "accuracy", "error")
+NATIVE_FIELDS = ("status", "latency_ms", "accuracy", "error", "measured", "threads")
 LATENCY_FIELDS = ("median", "p90", "iqr")
 
 
 def candidate(recipe, variant: str, runtime: str, target: str, measured: dict, files: list[Path],
-              native: dict, device_class: str | None = None) -> Candidate:
-    """A browser measurement (a BrowserMeasure result) as a Candidate, judged against the recipe's budget."""
+              native: dict, device_class: str | None = None, threads: int = 1) -> Candidate:
+    """A browser measurement (a BrowserMeasure result) as a Candidate, judged against the recipe's budget;
+    `native` is the native side at the same thread count; `threads` the count asked for (the page's own count when
+    it reports one)."""
     c = Candidate(variant=variant, runtime=runtime, target=target, status=measured["status"], record=measured,
-                  device_class=device_class or (measured.get("device") or {}).get("class"))
+                  device_class=device_class or (measured.get("device") or {}).get("class"),
+                  threads=int((measured.get("env") or {}).get("threads") or threads))
     c.record["native"] = {k: native.get(k) for k in NATIVE_FIELDS}
     # What gets published: the measured files, each with the content the browser measured (checked on publish).
     hashes = measured.get("measured_files", {})
@@ -41,22 +44,21 @@ def required_features(recipe, c: Candidate) -> list[str]:
 
     feats = list(RUNTIMES[c.runtime].features.get(c.target, ()))
     feats += variant(c.variant).required_features.get(c.target, ())
-    if c.target == "wasm" and recipe.measure[c.target].threads > 1:
+    if c.threads > 1:
         feats.append("wasm-threads")
     return list(dict.fromkeys(feats))
 
 
-def candidate_entry(recipe, c: Candidate, native: dict[str, dict]) -> dict:
+def candidate_entry(recipe, c: Candidate) -> dict:
     """One candidate as the index lists it: what to load (model files, runtime files), how (options, features),
-    and what it measured."""
+    and what it measured (native figures at its own thread count)."""
     from browser_validate.runtimes import RUNTIMES
 
-    rec, nat = c.record, native[c.variant]
-    threads = recipe.measure[c.target].threads if c.target == "wasm" else 1
+    rec, nat = c.record, c.record["native"]
     return {
         "runtime": c.runtime, "runtime_version": rec.get("env", {}).get("version"),
         "backend": c.target, "variant": c.variant,
-        "runtime_options": {"threads": threads, "cross_origin_isolated": threads > 1},
+        "runtime_options": {"threads": c.threads, "cross_origin_isolated": c.threads > 1},
         "required_features": required_features(recipe, c),
         "files": rec["files"],
         "runtime_entry": f"runtimes/{RUNTIMES[c.runtime].js}",
@@ -79,7 +81,7 @@ def candidate_entry(recipe, c: Candidate, native: dict[str, dict]) -> dict:
     }
 
 
-def target_entry(recipe, d: Decision, native: dict[str, dict]) -> dict:
+def target_entry(recipe, d: Decision) -> dict:
     """The index's record of one target: the winner and every eligible candidate after it (the fallbacks a loader
     walks when the browser cannot run the winner), or why nothing qualified."""
     where = {"device_class": d.device_class} if d.device_class else {}
@@ -88,9 +90,10 @@ def target_entry(recipe, d: Decision, native: dict[str, dict]) -> dict:
     return {
         "status": "chosen", "reason": d.reason, **where,
         **({"provisional": True, "provisional_reason": d.provisional} if d.provisional else {}),
-        "fallbacks": [candidate_entry(recipe, c, native) for c in d.ranking],
+        "fallbacks": [candidate_entry(recipe, c) for c in d.ranking],
         # Which runtime/variant came next and how far behind: "by how much" the winner won.
         "runner_up": ({"runtime": d.ranking[1].runtime, "variant": d.ranking[1].variant,
+                       "threads": d.ranking[1].threads,
                        "median_ms": d.ranking[1].median_ms,
                        "slower_by": d.ranking[1].median_ms / d.chosen.median_ms}
                       if len(d.ranking) > 1 else None),
@@ -128,12 +131,14 @@ def select_and_publish(recipe, build_key: str, candidates: list[Candidate], nati
     for t in recipe.targets:
         # Per device class (the class of the hosts that measured it), in the order the hosts are configured.
         classes = list(dict.fromkeys(c.device_class for c in candidates if c.target == t)) or [None]
-        mine = [select(t, candidates, s.tie_tolerance, s.objectives, s.goals, device_class=k) for k in classes]
+        # selection.threads "single": only 1-thread candidates compete (the others stay in the report).
+        competing = [c for c in candidates if s.threads == "all" or c.threads == 1]
+        mine = [select(t, competing, s.tie_tolerance, s.objectives, s.goals, device_class=k) for k in classes]
         decisions += mine
         lead = primary(mine)
-        targets[t] = target_entry(recipe, lead, native)
+        targets[t] = target_entry(recipe, lead)
         if len(mine) > 1:
-            targets[t]["device_classes"] = {d.device_class: target_entry(recipe, d, native) for d in mine}
+            targets[t]["device_classes"] = {d.device_class: target_entry(recipe, d) for d in mine}
     entry = {"description": recipe.description, "recipe": str(recipe.path), "build_key": build_key,
              "build_inputs": build_inputs or {},
              "budget": recipe.budget.model_dump(mode="json"), "release": recipe.release.model_dump(mode="json"),
@@ -145,13 +150,17 @@ def select_and_publish(recipe, build_key: str, candidates: list[Candidate], nati
               "decisions": [{"target": d.target, "device_class": d.device_class, "provisional": bool(d.provisional),
                              "status": d.status, "reason": d.reason,
                              "chosen": d.chosen.variant if d.chosen else None,
-                             "ranking": [c.variant for c in d.ranking]} for d in decisions],
+                             "chosen_threads": d.chosen.threads if d.chosen else None,
+                             "ranking": [c.variant + (f"@{c.threads}t" if c.threads > 1 else "")
+                                         for c in d.ranking]} for d in decisions],
               "candidates": candidate_rows(candidates),
-              "native": {v: {k: n.get(k) for k in ("status", "error", "latency_ms", "accuracy", "stage", "measured")}
+              "native": {v: {k: n.get(k) for k in ("status", "error", "latency_ms", "accuracy", "stage", "measured",
+                                                   "threads")}
                          for v, n in native.items()}}
     published = publish(registry, recipe.name, recipe.version, entry, report, locate_runtime_file=served_file)
     return {"targets": {t: {"status": v["status"], "reason": v["reason"],
                             "variant": v["fallbacks"][0]["variant"] if v["fallbacks"] else None,
-                            "runtime": v["fallbacks"][0]["runtime"] if v["fallbacks"] else None}
+                            "runtime": v["fallbacks"][0]["runtime"] if v["fallbacks"] else None,
+                            "threads": v["fallbacks"][0]["runtime_options"]["threads"] if v["fallbacks"] else None}
                         for t, v in targets.items()},
             "report": report, "published": published["report"]["path"]}

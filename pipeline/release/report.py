@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
+from typing import Callable
 
 from pipeline.fsutil import write_bytes_atomic
 
@@ -15,7 +16,7 @@ def candidate_rows(candidates) -> list[dict]:
         nat = (rec.get("native") or {}).get("latency_ms") or {}
         acc = rec.get("accuracy") or {}
         rows.append({
-            "variant": c.variant, "runtime": c.runtime, "target": c.target, "status": c.status,
+            "variant": c.variant, "runtime": c.runtime, "target": c.target, "threads": c.threads, "status": c.status,
             "device_class": c.device_class, "software_gpu": (rec.get("device") or {}).get("software_gpu"),
             "cpu_fallback": "yes" if rec.get("cpu_fallback") else None,
             "eligible": c.eligible, "reasons": c.reasons,
@@ -58,17 +59,19 @@ def console_table(results: list[dict]) -> str:
     lines = [f"{'model':<22} {'target':<7} {'status':<7} {'winner':<26} {'median ms':>10} {'native ms':>10} reason"]
     for res in results:
         rep = res.get("report", {})
-        rows = {(r["variant"], r["target"]): r for r in rep.get("candidates", [])}
+        rows = {(r["variant"], r["target"], r.get("threads", 1)): r for r in rep.get("candidates", [])}
         for t, d in res.get("targets", {}).items():
-            r = rows.get((d["variant"], t), {})
-            winner = f"{d['runtime']}/{d['variant']}" if d["variant"] else "-"
+            r = rows.get((d["variant"], t, d.get("threads", 1)), {})
+            winner = (f"{d['runtime']}/{d['variant']}" + (f" ×{d['threads']}t" if d.get("threads", 1) > 1 else "")
+                      if d["variant"] else "-")
             lines.append(f"{rep.get('model', '?'):<22} {t:<7} {d['status']:<7} {winner:<26} "
                          f"{_fmt(r.get('median_ms')):>10} {_fmt(r.get('native_median_ms')):>10} "
                          f"{d['reason'][:90]}")
     return "\n".join(lines)
 
 
-COLUMNS = [("variant", "variant"), ("runtime", "runtime"), ("status", "status"), ("median_ms", "median ms"),
+COLUMNS = [("variant", "variant"), ("runtime", "runtime"), ("threads", "threads"), ("status", "status"),
+           ("median_ms", "median ms"),
            ("p90_ms", "p90 ms"), ("timing_noisy", "noisy?"), ("native_median_ms", "native ms"), ("slowdown_vs_native", "× native"),
            ("cold_start_ms", "cold start ms"), ("download_bytes", "bytes"), ("peak_memory_bytes", "peak mem B"),
            ("top1_agreement", "top-1 agree"), ("label_accuracy", "label acc"), ("max_abs_error", "max |err|"),
@@ -87,7 +90,7 @@ ALWAYS = {"variant", "runtime", "status", "median_ms", "reasons"}
 PALETTE = {"ort": "#1f77b4", "tfjs": "#ff7f0e", "tvm": "#2ca02c"}
 
 
-def _scatter_svg(rows: list[dict], x_key: str, y_key: str, x_label: str, y_label: str, chosen: str | None,
+def _scatter_svg(rows: list[dict], x_key: str, y_key: str, x_label: str, y_label: str, chosen: Callable[[dict], bool],
                  log_x: bool = True, w: int = 460, h: int = 300) -> str:
     """A small dependency-free scatter plot: one dot per candidate, the winner ringed, failures left out."""
     import math
@@ -125,9 +128,10 @@ def _scatter_svg(rows: list[dict], x_key: str, y_key: str, x_label: str, y_label
         hollow = "" if r["eligible"] else " fill-opacity='0.25'"
         out.append(f"<circle cx='{px(xv):.1f}' cy='{py(yv):.1f}' r='5' fill='{colour}'{hollow}>"
                    f"<title>{html.escape(r['runtime'] + '/' + r['variant'])}: {_fmt(xv)} / {_fmt(yv)}</title></circle>")
-        if r["variant"] == chosen:
+        if chosen(r):
             out.append(f"<circle cx='{px(xv):.1f}' cy='{py(yv):.1f}' r='9' fill='none' stroke='#000' stroke-width='2'/>")
-        out.append(f"<text x='{px(xv) + 7:.1f}' y='{py(yv) - 6:.1f}' font-size='10'>{html.escape(r['variant'])}</text>")
+        name = r["variant"] + (f" ×{r['threads']}t" if r.get("threads", 1) > 1 else "")
+        out.append(f"<text x='{px(xv) + 7:.1f}' y='{py(yv) - 6:.1f}' font-size='10'>{html.escape(name)}</text>")
     out.append("</svg>")
     return "".join(out)
 
@@ -179,16 +183,19 @@ def write_html_report(folder: Path, results: list[dict]) -> Path:
                          f"{' (provisional: software GPU)' if dec.get('provisional') else ''}"
                          f"{' — ' + html.escape(dec['chosen']) if dec['chosen'] else ''}</h3>"
                          f"<p>{html.escape(dec['reason'])}</p>")
+            def won(r, dec=dec):  # the chosen variant at the chosen thread count
+                return r["variant"] == dec["chosen"] and r.get("threads", 1) == (dec.get("chosen_threads") or 1)
+
             parts.append("<div class='plots'>"
-                         + _scatter_svg(rows, "median_ms", acc_key, "median latency ms (log)", acc_key, dec["chosen"])
+                         + _scatter_svg(rows, "median_ms", acc_key, "median latency ms (log)", acc_key, won)
                          + _scatter_svg(rows, "download_bytes", "median_ms", "download bytes (log)", "median ms",
-                                        dec["chosen"], log_x=True)
+                                        won, log_x=True)
                          + _bars_svg(rows, "main_input_delay_p95_ms", "input delay p95 ms, inference on main thread")
                          + _bars_svg(rows, "worker_input_delay_p95_ms", "input delay p95 ms, inference in a worker")
                          + "</div>")
             parts.append("<table><tr>" + "".join(f"<th>{h}</th>" for _, h in columns) + "</tr>")
             for row in rows:
-                cls = "win" if row["variant"] == dec["chosen"] else ("bad" if not row["eligible"] else "")
+                cls = "win" if won(row) else ("bad" if not row["eligible"] else "")
                 cells = []
                 for k, _ in columns:
                     v = row.get(k)

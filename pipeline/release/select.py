@@ -24,6 +24,12 @@ class Candidate:
     values: dict[str, float | None] = field(default_factory=dict)  # objective -> value (lower is better)
     record: dict = field(default_factory=dict)  # the full measurement, carried to the report
     device_class: str | None = None   # the class of the browser host it was measured on (pipeline.hosts)
+    threads: int = 1                  # wasm threads it ran with (more than one needs a cross-origin isolated page)
+
+    @property
+    def label(self) -> str:
+        """runtime/variant, with its thread count when more than one: how reasons and reports name it."""
+        return f"{self.runtime}/{self.variant}" + (f" ({self.threads} threads)" if self.threads > 1 else "")
 
     @property
     def median_ms(self) -> float | None:
@@ -99,7 +105,7 @@ def select(target: str, candidates: list[Candidate], tie_tolerance: float = 0.02
         if not mine:
             why = "no candidate was built for this target"
         else:
-            why = "; ".join(f"{c.runtime}/{c.variant}: {', '.join(c.reasons) or c.status}" for c in rejected)
+            why = "; ".join(f"{c.label}: {', '.join(c.reasons) or c.status}" for c in rejected)
             why = f"no candidate inside the accuracy budget and goals ({why})"
         return Decision(target, "unmet", None, why, [], rejected, device_class)
 
@@ -129,7 +135,7 @@ def select(target: str, candidates: list[Candidate], tie_tolerance: float = 0.02
         reason = f"by {' > '.join(objectives)}: {'; '.join(steps)}"
     if len(ranking) > 1:
         runner = ranking[1]
-        reason += f"; runner-up {runner.runtime}/{runner.variant} {runner.median_ms:.3g} ms"
+        reason += f"; runner-up {runner.label} {runner.median_ms:.3g} ms"
     noisy = (best.record.get("latency") or {}).get("noisy")
     if noisy:
         reason += f" [timing noisy: {noisy}]"

@@ -54,7 +54,7 @@ def test_remote_host_measures_by_routing_and_decisions_carry_device_classes(tmp_
     net = {"name": "4g", "download_kbps": 20000, "latency_ms": 40}
     recipe = tiny_recipe("tiny", "1", targets=["wasm", "webgpu"], variants=["fp32", "int8_dynamic"],
                          measure={t: {"runs": 3, "warmup": 1, "qoe_modes": ["worker"] if t == "wasm" else [],
-                                      "network_profile": net} for t in ("wasm", "webgpu")})
+                                      "network_profile": net, "threads": [1]} for t in ("wasm", "webgpu")})
     (tmp_path / "recipes").mkdir()
     (tmp_path / "recipes" / "tiny.yaml").write_text(yaml.safe_dump(recipe))
     art = tmp_path / "art"

@@ -25,7 +25,7 @@ SHOTS = ROOT / "artifacts" / "test-artifacts"
 
 RECIPE = tiny_recipe("tiny_web", "1", targets=["wasm", "webgpu"], variants=["fp32", "simplified"],
                      budget={"min_top1_agreement": 0.9, "max_abs_error": 1e-3},
-                     measure={"wasm": {"runs": 3, "warmup": 1, "qoe_modes": []},
+                     measure={"wasm": {"runs": 3, "warmup": 1, "qoe_modes": [], "threads": [1]},
                               "webgpu": {"runs": 2, "warmup": 1, "qoe_modes": [], "timeout_s": 120}})
 CAT_CLASSES = set(range(281, 286))  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 
@@ -227,7 +227,7 @@ MOBILENET = {
     "data": {"eval": {"function": "model_sources.datasets:imagenet_photos", "args": {"limit": 8}}, "eval_batch": 8},
     "budget": {"min_top1_agreement": 0.95},
     "targets": ["wasm", "webgpu"], "variants": ["fp32"],
-    "measure": {"wasm": {"runs": 3, "warmup": 1, "qoe_modes": []},
+    "measure": {"wasm": {"runs": 3, "warmup": 1, "qoe_modes": [], "threads": [1]},
                 "webgpu": {"runs": 1, "warmup": 0, "qoe_modes": [], "max_eval_samples": 2, "timeout_s": 600}},
 }
 

@@ -19,7 +19,7 @@ from s3server import BUCKET
 pytestmark = [pytest.mark.browser, pytest.mark.toolchain, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 
-RECIPE = tiny_recipe("rel", "1.0.0", measure={"wasm": {"runs": 5, "warmup": 1, "qoe_modes": []}},
+RECIPE = tiny_recipe("rel", "1.0.0", measure={"wasm": {"runs": 5, "warmup": 1, "qoe_modes": [], "threads": [1]}},
                      release={"max_size_increase": 0.10})
 # Version 2: a 16x wider model (a bigger download): the gate must block it against version 1.
 WORSE = {**RECIPE, "version": "2.0.0",

@@ -54,6 +54,10 @@ def test_good_recipe_defaults(tmp_path):
     assert set(r.measure) == {"wasm", "webgpu", "webgl"}  # one default per row of pipeline.targets
     assert r.selection.objectives == ["latency"] and r.selection.goals.input_delay_ms is None
     assert r.path == (tmp_path / "r.yaml").resolve()
+    # wasm at 1 thread and at the host's core count by default; every count competes
+    assert r.measure["wasm"].threads == [1, "cores"] and r.measure["webgpu"].threads == [1]
+    assert r.selection.threads == "all"
+    assert load_recipe(write(tmp_path, with_(("measure",), {"wasm": {"threads": 4}}))).measure["wasm"].threads == [4]
 
 
 @pytest.mark.parametrize("path,value,field,words", [
@@ -103,6 +107,9 @@ def test_good_recipe_defaults(tmp_path):
      "cannot be called as models:samples(outputs=...)"),
     (("detections",), [{"name": "d", "decode": {"function": "model_sources.mtcnn_onet:decode_faces"}, "iou": 0}],
      "detections.0.iou", "greater than 0"),
+    (("measure",), {"wasm": {"threads": [1, 1]}}, "measure.wasm.threads", "thread counts repeat"),
+    (("measure",), {"wasm": {"threads": [1, "all"]}}, "measure.wasm.threads", "1..16 or 'cores'"),
+    (("selection",), {"threads": "many"}, "selection.threads", "'all' or 'single'"),
 ])
 def test_bad_field_named(tmp_path, path, value, field, words):
     p = write(tmp_path, with_(path, value))

@@ -350,3 +350,33 @@ def test_samples_of_different_sizes_are_fed_at_their_own_size():
         compare(short, out, [OutputSpec(name="probs")], None)
     with pytest.raises(DataError, match=r"sample 1 has shape \[3, 4\], recipe says \[2, 'width'\]"):
         pad_ragged(R, {"x": [np.zeros((2, 4), np.float32), np.zeros((3, 4), np.float32)]})
+
+
+def test_thread_counts_compete_and_one_thread_stays_for_pages_without_isolation():
+    """Each thread count is its own candidate, paired with native at that count; the index's options and features
+    follow the candidate's count, so a loader on a page without cross-origin isolation walks to a 1-thread one."""
+    from types import SimpleNamespace
+
+    from pipeline.recipe import Selection
+    from pipeline.release.candidates import candidate_entry, required_features
+
+    def threaded(variant, median, threads):
+        c = cand(variant, median=median)
+        c.threads = threads
+        c.record = {"native": {"status": "ok", "latency_ms": {"median": median / 3, "p90": 1, "iqr": 0},
+                               "threads": threads},
+                    "files": [], "latency": {"median": median, "p90": median, "iqr": 0}, "cold_start_ms": 1,
+                    "session_ms": 1, "first_inference_ms": 1, "download_bytes": 100, "accuracy": {},
+                    "ship_mode": {"mode": "main"}, "env": {"threads": threads}}
+        return c
+
+    cands = [threaded("fp32", 4.0, 1), threaded("fp32", 2.5, 2), threaded("simplified", 3.0, 1)]
+    d = select("wasm", cands)
+    assert (d.chosen.variant, d.chosen.threads) == ("fp32", 2) and "(2 threads)" in d.chosen.label
+    assert [(c.variant, c.threads) for c in d.ranking] == [("fp32", 2), ("simplified", 1), ("fp32", 1)]
+    recipe = SimpleNamespace(selection=Selection())
+    top, single = candidate_entry(recipe, d.ranking[0]), candidate_entry(recipe, d.ranking[1])
+    assert top["runtime_options"] == {"threads": 2, "cross_origin_isolated": True}
+    assert "wasm-threads" in top["required_features"] and "wasm-threads" not in required_features(recipe, d.ranking[1])
+    assert single["runtime_options"] == {"threads": 1, "cross_origin_isolated": False}
+    assert top["metrics"]["native_latency_ms"]["median"] == pytest.approx(2.5 / 3)  # native at the same count
