@@ -36,6 +36,8 @@ from .server import get_server
 DONE_MESSAGE = "[bench] done"
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")  # ORT colours its log lines
 POLL_MS = 100
+# The page stages that load the model and run it once: what an app pays to have it ready.
+MODEL_PHASE = ("download", "session", "first")
 QOE_CLICK_INTERVAL_MS = 200
 # Console text that signals a WebGPU result can't be trusted even though inference "worked".
 GPU_ERROR_MARKERS = ("wgsl", "validation", "gpuvalidationerror", "device lost")
@@ -122,6 +124,7 @@ class MeasureResult:
     network_download: dict | None = None  # {"profile": ..., "ms": ...} under req.network_profile
     runtime_files: list[dict] = field(default_factory=list)  # [{url, sha256, bytes}] of the runtime the page loaded
     stage_seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage: where a measurement's time goes
+    memory_phases: dict[str, int] = field(default_factory=dict)  # renderer RSS growth per phase (MODEL_PHASE, QoE worker)
 
     def to_json(self) -> dict:
         """Everything but the outputs, JSON-serialisable."""
@@ -220,6 +223,8 @@ def _run_page(req: MeasureRequest, origin: str, job_prefix: str, on_stage=None) 
         if text.startswith("[bench] stage "):
             stage["name"] = text.split()[-1]
             stage_log.append((stage["name"], time.monotonic()))
+            if sampler is not None:
+                sampler.enter(stage["name"])
             return
         if text == DONE_MESSAGE:
             stage["done"] = True
@@ -293,6 +298,13 @@ def _run_page(req: MeasureRequest, origin: str, job_prefix: str, on_stage=None) 
         peak = sampler.stop() if sampler else None
         if sampler and gpu_baseline is not None and sampler.gpu_peak:
             result.gpu_process_peak_bytes = max(0, sampler.gpu_peak - gpu_baseline)
+        if sampler:
+            # What the model costs an app: RSS growth while it is downloaded, its session created and its first
+            # (warm-up) inference run, above where the page stood with the evaluation data already loaded; and the
+            # QoE worker's second copy of runtime + model on its own.
+            result.memory_phases = {k: v for k, v in (("model_load_bytes", sampler.phase_growth(MODEL_PHASE)),
+                                                      ("qoe_worker_bytes", sampler.phase_growth(("qoe-worker",))))
+                                    if v is not None}
         sampler = None
         r = page.evaluate("() => window.__bench.result")
         result.page_memory_bytes = r.get("page_memory_bytes")

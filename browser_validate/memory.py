@@ -66,14 +66,39 @@ class MemorySampler(threading.Thread):
         self.gpu_pids = gpu_pids
         self.peak = 0
         self.gpu_peak = 0
+        # Per page stage: RSS when it began and its peak, so one phase (loading the model) can be told apart
+        # from the rest of the run (evaluation data, the QoE worker's copy).
+        self.stage: str | None = None
+        self.stage_start: dict[str, int] = {}
+        self.stage_peak: dict[str, int] = {}
         self._halt = threading.Event()
+
+    def enter(self, stage: str) -> None:
+        """The page moved to `stage` (called from the console handler)."""
+        now = rss(self.pids)
+        if self.stage is not None:
+            self.stage_peak[self.stage] = max(self.stage_peak.get(self.stage, 0), now)
+        self.stage = stage
+        self.stage_start.setdefault(stage, now)
+        self.stage_peak[stage] = max(self.stage_peak.get(stage, 0), now)
 
     def run(self):
         while not self._halt.is_set():
-            self.peak = max(self.peak, rss(self.pids))
+            now = rss(self.pids)
+            self.peak = max(self.peak, now)
+            stage = self.stage
+            if stage is not None:
+                self.stage_peak[stage] = max(self.stage_peak.get(stage, 0), now)
             if self.gpu_pids:
                 self.gpu_peak = max(self.gpu_peak, rss(self.gpu_pids))
             self._halt.wait(MEMORY_SAMPLE_S)
+
+    def phase_growth(self, stages: tuple[str, ...]) -> int | None:
+        """How far RSS rose during consecutive `stages` above where the first of them began (None: not seen)."""
+        seen = [s for s in stages if s in self.stage_peak]
+        if not seen or stages[0] not in self.stage_start:
+            return None
+        return max(0, max(self.stage_peak[s] for s in seen) - self.stage_start[stages[0]])
 
     def stop(self) -> int:
         self._halt.set()

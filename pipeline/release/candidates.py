@@ -72,6 +72,7 @@ def candidate_entry(recipe, c: Candidate) -> dict:
             "download_bytes": rec["download_bytes"],
             "accuracy": rec["accuracy"],
             "peak_memory_bytes": rec.get("peak_memory_bytes"),
+            "memory_phases": rec.get("memory_phases"),
             "gpu_process_peak_bytes": rec.get("gpu_process_peak_bytes"),
             "page_memory_bytes": rec.get("page_memory_bytes"),
             "cold_start": rec.get("cold_start"),

@@ -28,6 +28,7 @@ def candidate_rows(candidates) -> list[dict]:
             "session_ms": rec.get("session_ms"),
             "first_inference_ms": rec.get("first_inference_ms"), "download_bytes": rec.get("download_bytes"),
             "peak_memory_bytes": rec.get("peak_memory_bytes"),
+            **_model_memory(rec),
             "top1_agreement": acc.get("top1_agreement"), "label_accuracy": acc.get("label_accuracy"),
             "accuracy_drop": acc.get("accuracy_drop"), "max_abs_error": acc.get("max_abs_error"),
             **{k: acc.get(k) for k in ("min_cosine", "retrieval_agreement", "sequence_match", "char_error_rate",
@@ -38,6 +39,15 @@ def candidate_rows(candidates) -> list[dict]:
                for k in ("fps", "dropped_frames", "input_delay_p95_ms")},
         })
     return rows
+
+
+def _model_memory(rec: dict) -> dict:
+    """Memory to have the model ready (download, session, first inference), in bytes and as a multiple of the
+    model's download: the figure an app's budget cares about, apart from the measuring run's own data."""
+    grown = (rec.get("memory_phases") or {}).get("model_load_bytes")
+    size = rec.get("download_bytes")
+    return {"model_memory_bytes": grown,
+            "model_memory_x_download": grown / size if grown is not None and size else None}
 
 
 def _qoe(rec: dict, mode: str, key: str):
@@ -74,6 +84,7 @@ COLUMNS = [("variant", "variant"), ("runtime", "runtime"), ("threads", "threads"
            ("median_ms", "median ms"),
            ("p90_ms", "p90 ms"), ("timing_noisy", "noisy?"), ("native_median_ms", "native ms"), ("slowdown_vs_native", "× native"),
            ("cold_start_ms", "cold start ms"), ("download_bytes", "bytes"), ("peak_memory_bytes", "peak mem B"),
+           ("model_memory_bytes", "model load mem B"), ("model_memory_x_download", "× download"),
            ("top1_agreement", "top-1 agree"), ("label_accuracy", "label acc"), ("max_abs_error", "max |err|"),
            ("min_cosine", "min cosine"), ("retrieval_agreement", "retrieval agree"),
            ("sequence_match", "text match"), ("char_error_rate", "CER"),

@@ -337,6 +337,27 @@ def test_qoe_worker_only_when_the_main_thread_is_not_responsive(tiny_model, samp
 
 
 @pytest.mark.browser
+def test_memory_to_load_the_model_is_its_own_phase(tmp_path):
+    """The memory an app pays to have a model ready (download + session + first inference) is measured apart from
+    the run's evaluation data, and the QoE worker's copy apart again: both at least the weights' size."""
+    side = 2048  # 16 MiB of float32 weights
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((side, side)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "big",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", side])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", side])], [w])
+    model = tmp_path / "big.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(model))
+    x = {"x": np.random.default_rng(1).standard_normal((4, side)).astype(np.float32)}
+    res = measure(MeasureRequest(runtime="ort", target="wasm", model_files=[model], inputs=x, runs=2, warmup=1,
+                                 timeout_s=180, qoe_modes=["worker"], qoe_duration_ms=800))
+    assert res.status == "ok", res.error
+    weights = side * side * 4
+    grown = res.memory_phases["model_load_bytes"]
+    assert weights <= grown <= res.peak_memory_bytes + weights, (grown, res.peak_memory_bytes)
+    assert res.memory_phases["qoe_worker_bytes"] >= weights, res.memory_phases
+
+
+@pytest.mark.browser
 def test_memory_views_and_network_profile(tiny_model, samples):
     # As the recipe schema hands it over: upload_kbps present but None (falls back to the download rate).
     profile = {"name": "slow", "download_kbps": 400, "upload_kbps": None, "latency_ms": 300}
