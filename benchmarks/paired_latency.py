@@ -1,8 +1,10 @@
 """Paired native vs browser latency for the demo models.
 
-Runs BuildAll on the demo recipes (a no-op when the build is cached), then tabulates, for every variant and
-target, the native onnxruntime latency (Python, CPU, 1 thread) and the in-browser latency measured in the same
-build, with their spread (IQR), the browser/native ratio, cold start and download size.
+Runs BuildAll on the demo recipes (a no-op when the build is cached), then tabulates, for every variant, target
+and thread count (measure.<target>.threads), the native latency at the same thread count (onnxruntime, or the
+LiteRT interpreter for LiteRT variants; Python, CPU) and the in-browser latency measured in the same build, with
+their spread (IQR), the browser/native ratio, session creation, cold start, download size and the memory it
+takes to have the model ready (bytes and multiple of the download).
 Also: cold start (local, and with the download under the recipe's emulated 4G profile), peak renderer memory,
 and the user-experience probe (frames per second and p95 input delay with inference on the main thread vs in a
 Web Worker). Writes benchmarks/results/paired_latency.md (committed) and prints it.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -52,30 +55,37 @@ def main() -> int:
         "# Paired native vs browser latency (demo models)",
         "",
         f"Measured {datetime.now(timezone.utc):%Y-%m-%d} on {platform.machine()}, {platform.python_version()}, "
-        f"{chromium}; `nproc`=2, no GPU (WebGPU is SwiftShader, a software adapter: use for correctness, "
-        "not speed). Native = onnxruntime CPU, 1 thread (the variant itself for ONNX variants; the canonical "
-        "fp32 model for TF.js and TVM, which have no native runner); browser = the variant's own runtime "
-        "(onnxruntime-web, TF.js or TVM's web runtime) in headless Chromium, wasm with 1 thread. Both measured in "
-        "the same build. Median (IQR) in ms; batch 1.",
+        f"{chromium}; `nproc`={os.cpu_count()}, no GPU (WebGPU is SwiftShader, a software adapter: a correctness "
+        "check, not speed). Native = CPU at the same thread count as the browser row (the variant itself in "
+        "onnxruntime for ONNX variants, in the ai-edge-litert interpreter for LiteRT ones; the canonical fp32 "
+        "model in onnxruntime for TF.js and TVM, which have no native runner); browser = the variant's own "
+        "runtime in headless Chromium (wasm threads need the page's cross-origin isolation, which it has). Both "
+        "measured in the same build. Median (IQR) in ms; batch 1. Model load memory: renderer RSS growth over "
+        "download + session + first inference (the runtime's own fixed cost included).",
         "",
-        "| model | variant | target | native median (IQR) | browser median (IQR) | browser/native | cold start ms |"
-        " cold start 4G ms | download KB | peak mem MB | fps main / worker | input delay p95 ms main / worker |"
-        " ship in | top-1 agree | status |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | variant | target | threads | native median (IQR) | browser median (IQR) | browser/native |"
+        " session ms | cold start ms | cold start 4G ms | download KB | model load mem MB (× download) |"
+        " peak mem MB | fps main / worker | input delay p95 ms main / worker | ship in | top-1 agree | status |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for model, m in sorted(index["models"].items()):
         for version, entry in m["versions"].items():
             report = json.loads((Path(a.artifacts) / "registry" / entry["report"]["path"]).read_text())
-            chosen = {(t["variant"], t["backend"]) for t in entry["targets"].values() if t["status"] == "chosen"}
-            for r in sorted(report["candidates"], key=lambda r: (r["target"], r["variant"])):
-                nat = (report["native"].get(r["variant"]) or {}).get("latency_ms") or {}
-                status = ("**chosen**" if (r["variant"], r["target"]) in chosen else
+            chosen = {(t["variant"], t["backend"], t["runtime_options"]["threads"]) for t in entry["targets"].values()
+                      if t["status"] == "chosen"}
+            for r in sorted(report["candidates"], key=lambda r: (r["target"], r["variant"], r.get("threads", 1))):
+                threads = r.get("threads", 1)
+                nat = {"median": r["native_median_ms"], "iqr": r.get("native_iqr_ms")}  # native at the same count
+                status = ("**chosen**" if (r["variant"], r["target"], threads) in chosen else
                           ("ok" if r["eligible"] else "; ".join(r["reasons"])[:80]))
+                mem = r.get("model_memory_bytes")
                 lines.append(
-                    f"| {model} | {r['variant']} | {r['target']} | {fmt(nat.get('median'))} ({fmt(nat.get('iqr'), 2)})"
+                    f"| {model} | {r['variant']} | {r['target']} | {threads}"
+                    f" | {fmt(nat.get('median'))} ({fmt(nat.get('iqr'), 2)})"
                     f" | {fmt(r['median_ms'])} ({fmt(r['iqr_ms'], 2)}) | {fmt(r['slowdown_vs_native'])}"
-                    f" | {fmt(r['cold_start_ms'], 4)} | {fmt(cold_start_4g(r), 4)}"
+                    f" | {fmt(r.get('session_ms'), 4)} | {fmt(r['cold_start_ms'], 4)} | {fmt(cold_start_4g(r), 4)}"
                     f" | {fmt(r['download_bytes'] / 1024 if r['download_bytes'] else None)}"
+                    f" | {fmt(mem / 2**20 if mem else None)} ({fmt(r.get('model_memory_x_download'), 2)})"
                     f" | {fmt(r['peak_memory_bytes'] / 2**20 if r['peak_memory_bytes'] else None)}"
                     f" | {fmt(r.get('main_fps'), 2)} / {fmt(r.get('worker_fps'), 2)}"
                     f" | {fmt(r.get('main_input_delay_p95_ms'))} / {fmt(r.get('worker_input_delay_p95_ms'))}"

@@ -22,7 +22,7 @@ def candidate_rows(candidates) -> list[dict]:
             "eligible": c.eligible, "reasons": c.reasons,
             "median_ms": lat.get("median"), "p90_ms": lat.get("p90"), "iqr_ms": lat.get("iqr"),
             "timing_noisy": lat.get("noisy"),
-            "native_median_ms": nat.get("median"),
+            "native_median_ms": nat.get("median"), "native_iqr_ms": nat.get("iqr"),
             "slowdown_vs_native": (lat["median"] / nat["median"]) if lat.get("median") and nat.get("median") else None,
             "cold_start_ms": rec.get("cold_start_ms"), "cold_start": rec.get("cold_start"),
             "session_ms": rec.get("session_ms"),
