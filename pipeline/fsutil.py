@@ -57,6 +57,12 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
+def machine_lock(name: str) -> contextlib.AbstractContextManager:
+    """A lock shared by every process on this machine (whatever folder it builds in): e.g. "timing", so two timed
+    tasks never overlap here however a central scheduler hands them out."""
+    return file_lock(Path(tempfile.gettempdir()) / f"browser-model-release-{name}.lock")
+
+
 def _make_readable(root: Path) -> None:
     for dirpath, dirnames, filenames in os.walk(root):
         os.chmod(dirpath, DIR_MODE)

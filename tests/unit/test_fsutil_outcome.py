@@ -128,3 +128,29 @@ def test_an_exception_without_a_message_still_says_where():
         r = failure_record(e, "convert")
     assert r["error"].startswith("AssertionError: raised without a message at test_fsutil_outcome.py:")
     assert "in check: `raise AssertionError" in r["error"]
+
+
+def test_machine_lock_keeps_timed_work_apart_across_processes(tmp_path):
+    """Two processes on one machine (e.g. two luigid workers) never hold the timing lock at once."""
+    import multiprocessing as mp
+
+    from pipeline.fsutil import machine_lock
+
+    def hold(name, log, seconds):
+        with machine_lock(name):
+            with open(log, "a") as f:
+                f.write(f"in {time.monotonic()}\n")
+            time.sleep(seconds)
+            with open(log, "a") as f:
+                f.write(f"out {time.monotonic()}\n")
+
+    log = tmp_path / "log"
+    name = f"test-{os.getpid()}"
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=hold, args=(name, log, 0.4)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(10)
+    events = [line.split()[0] for line in log.read_text().splitlines()]
+    assert events == ["in", "out", "in", "out"]
