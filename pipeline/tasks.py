@@ -436,18 +436,23 @@ class BuildVariant(RecipeTask):
 
 
 class NativeRun(RecipeTask):
-    """The native side of the pair. ONNX Runtime variants: the variant itself in onnxruntime (Python, CPU,
-    1 thread), with its accuracy against the reference. Variants with no native runner (TF.js, TVM web modules):
-    the canonical model they were made from, in the same onnxruntime, so browser/native ratios stay comparable."""
+    """The native side of the pair. Variants with a native runner (pipeline.evaluate.native.NATIVE_RUNNERS: ONNX
+    Runtime variants in onnxruntime, LiteRT variants in the ai-edge-litert interpreter; Python, CPU, 1 thread): the
+    variant itself, with its accuracy against the reference. Variants with none (TF.js, TVM web modules): the
+    canonical model they were made from, in onnxruntime, so browser/native ratios stay comparable."""
 
     variant = luigi.Parameter()
     stage = "native"
     resources = {"timing": 1}  # timed tasks never overlap: on 2 cores they would skew each other
 
-    def runs_variant(self) -> bool:
+    def runner(self):
+        from pipeline.evaluate.native import native_runner
         from pipeline.families import variant
 
-        return variant(self.variant).native == "ort"
+        return native_runner(variant(self.variant).native)
+
+    def runs_variant(self) -> bool:
+        return self.runner() is not None
 
     def requires(self):
         deps = {"data": EvalData(self.recipe_path, self.artifacts_dir),
@@ -461,8 +466,12 @@ class NativeRun(RecipeTask):
     def fingerprint(self):
         from pipeline.evaluate.native import NATIVE_RUNS
 
+        runner = self.runner()
         return {"runs": NATIVE_RUNS, "threads": 1, "toolchain": keys.python_toolchain(),
                 "of_variant": self.runs_variant(),
+                # a runner besides onnxruntime (whose versions the toolchain holds): its name and versions
+                **({"runner": runner.name, "runner_versions": runner.versions()}
+                   if runner is not None and runner.name != "ort" else {}),
                 **({"judging": keys.judging(self.recipe)} if self.recipe.detections else {})}
 
     def folder_name(self):
@@ -473,10 +482,11 @@ class NativeRun(RecipeTask):
 
         deps = self.requires()
         inputs, labels = deps["data"].load()
-        if self.runs_variant():
+        runner = self.runner()
+        if runner is not None:
             files = [self.verified("variant", f) for f in deps["variant"].files()]
             return native_run(self.recipe, files[0], inputs, labels, deps["reference"].load(),
-                              measured=f"{self.variant} in onnxruntime")
+                              measured=f"{self.variant} in {runner.label}", runner=runner.name)
         return native_run(self.recipe, self.verified("onnx", deps["onnx"].file()), inputs, labels, None,
                           measured="canonical fp32 ONNX in onnxruntime (this variant has no native runner)")
 
@@ -505,7 +515,7 @@ class BrowserMeasure(RecipeTask):
         deps = {"variant": BuildVariant(self.recipe_path, self.artifacts_dir, variant=self.variant),
                 "data": EvalData(self.recipe_path, self.artifacts_dir),
                 "reference": ReferenceOutputs(self.recipe_path, self.artifacts_dir)}
-        if self.recipe.measure[self.target].skip_outside_budget and variant(self.variant).native == "ort":
+        if self.recipe.measure[self.target].skip_outside_budget and variant(self.variant).native is not None:
             deps["native"] = NativeRun(self.recipe_path, self.artifacts_dir, variant=self.variant)
         return deps
 

@@ -52,6 +52,15 @@ RUNTIMES: dict[str, RuntimeInfo] = {
         # tfjs-backend-wasm picks its SIMD / threaded build by feature detection: plain wasm suffices.
         features={"wasm": ("wasm",), "webgl": ("webgl2",), "webgpu": ("webgpu",)},
     ),
+    # LiteRT.js: its ES module (core/dist), the tiny wasm-utils module it imports, and the Emscripten builds
+    # (core/wasm/litert_wasm_*_internal.{js,wasm}) all come from node_modules/@litertjs. Its builds need relaxed
+    # SIMD (a compat build without it is not measured); the WebGPU accelerator runs beside the same wasm.
+    "litert": RuntimeInfo(
+        js="litert.js",
+        targets=("wasm", "webgpu"),
+        static_mount=("/litert/", NODE_MODULES / "@litertjs"),
+        features={"wasm": ("wasm", "wasm-simd"), "webgpu": ("webgpu", "wasm-simd")},
+    ),
 }
 
 

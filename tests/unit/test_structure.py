@@ -22,7 +22,7 @@ def test_runtimes_run_on_known_targets_and_variants_on_their_runtimes():
         assert spec.family and spec.targets and set(spec.targets) <= set(RUNTIMES[spec.runtime].targets), name
         assert set(spec.required_features) <= set(spec.targets), name
         assert spec.description, name
-    assert list(families.families()) == ["ort", "tfjs", "tvm"]  # discovered in folder order
+    assert list(families.families()) == ["litert", "ort", "tfjs", "tvm"]  # discovered in folder order
 
 
 def test_every_source_kind_of_the_schema_has_a_row():
