@@ -15,6 +15,7 @@ rebuilt, not trusted. Files that cross a task boundary are checked by hash where
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -27,7 +28,7 @@ from pathlib import Path
 import luigi
 
 from pipeline import build_store, keys
-from pipeline.fsutil import atomic_dir, remove_stale_temps, sha256_file, write_json_atomic
+from pipeline.fsutil import atomic_dir, machine_lock, remove_stale_temps, sha256_file, write_json_atomic
 from pipeline.outcome import (MAX_ATTEMPTS, PipelineError, RegistryError, failure_record, is_environment_failure,
                               short, upstream_failure)
 from pipeline.recipe import Recipe, RecipeError, load_recipe, load_recipes
@@ -102,6 +103,12 @@ class RecipeTask(luigi.Task):
     def inputs(self) -> dict[str, "RecipeTask"]:
         req = self.requires()
         return req if isinstance(req, dict) else {str(i): t for i, t in enumerate(luigi.task.flatten(req))}
+
+    def machine_lock(self):
+        """Timed work (resource `timing`) holds this machine's timing lock: luigid grants resources across all
+        machines, so with `[resources] timing = <machines>` two timed tasks could still land on one machine; the
+        lock keeps them apart there (fsutil.machine_lock)."""
+        return machine_lock("timing") if "timing" in (self.resources or {}) else contextlib.nullcontext()
 
     def stored_result(self) -> dict | None:
         """This task's result in the local artifacts folder, fetched from the shared build store (pipeline.build_store)
@@ -183,7 +190,8 @@ class RecipeTask(luigi.Task):
                 failed = [r for k, r in consumed.items() if r["status"] != "ok" and k not in self.optional_inputs]
                 if failed and self.carries_upstream_failures:
                     raise upstream_failure(failed[0])
-                res = {"status": "ok", **self.work(tmp)}
+                with self.machine_lock():
+                    res = {"status": "ok", **self.work(tmp)}
             except Exception as e:  # noqa: BLE001 - every failure is a recorded result (pipeline.outcome)
                 if not self.records_failures or is_environment_failure(e):
                     log.error("%s %s: the build failed: %s", self.recipe.name, self.folder_name(), short(e))
@@ -442,8 +450,13 @@ class NativeRun(RecipeTask):
     canonical model they were made from, in onnxruntime, so browser/native ratios stay comparable."""
 
     variant = luigi.Parameter()
+    threads = luigi.Parameter(default="1", description="thread count (a measure.<target>.threads entry; cores: "
+                                                       "this machine's); other than 1: latency only")
     stage = "native"
     resources = {"timing": 1}  # timed tasks never overlap: on 2 cores they would skew each other
+
+    def thread_count(self) -> int:
+        return (os.cpu_count() or 1) if self.threads == "cores" else int(self.threads)
 
     def runner(self):
         from pipeline.evaluate.native import native_runner
@@ -467,7 +480,8 @@ class NativeRun(RecipeTask):
         from pipeline.evaluate.native import NATIVE_RUNS
 
         runner = self.runner()
-        return {"runs": NATIVE_RUNS, "threads": 1, "toolchain": keys.python_toolchain(),
+        return {"runs": NATIVE_RUNS, "threads": 1 if self.threads == "1" else self.thread_count(),
+                "toolchain": keys.python_toolchain(),
                 "of_variant": self.runs_variant(),
                 # a runner besides onnxruntime (whose versions the toolchain holds): its name and versions
                 **({"runner": runner.name, "runner_versions": runner.versions()}
@@ -475,7 +489,7 @@ class NativeRun(RecipeTask):
                 **({"judging": keys.judging(self.recipe)} if self.recipe.detections else {})}
 
     def folder_name(self):
-        return f"Native-{self.variant}"
+        return f"Native-{self.variant}" + ("" if self.threads == "1" else f"-t{self.threads}")
 
     def work(self, out: Path) -> dict:
         from pipeline.evaluate.native import native_run
@@ -483,12 +497,17 @@ class NativeRun(RecipeTask):
         deps = self.requires()
         inputs, labels = deps["data"].load()
         runner = self.runner()
+        n = self.thread_count()
+        at = "" if n == 1 else f" at {n} threads"
         if runner is not None:
             files = [self.verified("variant", f) for f in deps["variant"].files()]
-            return native_run(self.recipe, files[0], inputs, labels, deps["reference"].load(),
-                              measured=f"{self.variant} in {runner.label}", runner=runner.name)
+            # Accuracy does not depend on the thread count: judged once, at 1 thread.
+            return native_run(self.recipe, files[0], inputs, labels,
+                              deps["reference"].load() if self.threads == "1" else None,
+                              measured=f"{self.variant} in {runner.label}{at}", runner=runner.name, threads=n)
         return native_run(self.recipe, self.verified("onnx", deps["onnx"].file()), inputs, labels, None,
-                          measured="canonical fp32 ONNX in onnxruntime (this variant has no native runner)")
+                          measured=f"canonical fp32 ONNX in onnxruntime{at} (this variant has no native runner)",
+                          threads=n)
 
 
 class BrowserMeasure(RecipeTask):
@@ -497,8 +516,13 @@ class BrowserMeasure(RecipeTask):
     variant = luigi.Parameter()
     target = luigi.Parameter()
     host = luigi.Parameter(default=LOCAL_HOST, description="browser host (pipeline.hosts) the measurement runs on")
+    threads = luigi.Parameter(default="", description="thread count (measure.<target>.threads: 1, 2, cores); "
+                                                      "empty: the target's first")
     stage = "browser"
     optional_inputs = ("native",)
+
+    def thread_count(self) -> str:
+        return self.threads or str(self.recipe.measure[self.target].threads[0])
 
     @property
     def resources(self):
@@ -530,9 +554,10 @@ class BrowserMeasure(RecipeTask):
         from pipeline.families import variant
 
         m = self.recipe.measure[self.target]
+        # This count only: adding a count to measure.<target>.threads measures that one, not the others again.
         return {"target": self.target, "method": keys.BROWSER_METHOD,
-                "code": keys.measuring_code_hash(variant(self.variant).runtime),
-                "measure": m.model_dump(mode="json"), "eval_batch": self.recipe.data.eval_batch,
+                "code": keys.measuring_code_hash(variant(self.variant).runtime), "threads": self.thread_count(),
+                "measure": m.model_dump(mode="json", exclude={"threads"}), "eval_batch": self.recipe.data.eval_batch,
                 "browser": keys.browser_toolchain(), **({"subset": "even"} if m.max_eval_samples else {}),
                 **({"judging": keys.judging(self.recipe)} if self.recipe.detections else {}),
                 **({"host": self._host().model_dump(mode="json", exclude={"launch"})}
@@ -544,7 +569,9 @@ class BrowserMeasure(RecipeTask):
         return host(self.host)
 
     def folder_name(self):
-        return f"Browser-{self.variant}-{self.target}" + ("" if self.host == LOCAL_HOST else f"-{self.host}")
+        count = self.thread_count()
+        return (f"Browser-{self.variant}-{self.target}" + ("" if count == "1" else f"-t{count}")
+                + ("" if self.host == LOCAL_HOST else f"-{self.host}"))
 
     def work(self, out: Path) -> dict:
         from pipeline.evaluate.browser import measure_in_browser
@@ -571,7 +598,8 @@ class BrowserMeasure(RecipeTask):
 
         files = [self.verified("variant", f) for f in deps["variant"].files()]
         res = measure_in_browser(self.recipe, variant(self.variant), self.target, files, inputs, labels,
-                                 deps["reference"].load(), out, progress, host=self._host())
+                                 deps["reference"].load(), out, progress, host=self._host(),
+                                 threads=self.thread_count())
         # What was measured, by content: selection publishes exactly these bytes or nothing.
         return {**res, "measured_files": {f.name: deps["variant"].file_sha256(f) for f in files}}
 
@@ -597,14 +625,20 @@ class SelectAndPublish(RecipeTask):
     def requires(self):
         from pipeline.families import variant
 
+        from pipeline.evaluate.browser import thread_counts
+
         r, a = self.recipe_path, self.artifacts_dir
         deps = {"onnx": CanonicalOnnx(r, a)}
         for v in recipe_variants(self.recipe):
             deps[f"native:{v}"] = NativeRun(r, a, variant=v)
             for t in variant(v).targets:
                 if t in self.recipe.targets:
-                    for h in hosts_for(t):
-                        deps[f"browser:{v}:{t}:{h.name}"] = BrowserMeasure(r, a, variant=v, target=t, host=h.name)
+                    for n in thread_counts(self.recipe, t, variant(v).runtime):
+                        if n != "1":  # the native side at the same count
+                            deps[f"native:{v}@{n}"] = NativeRun(r, a, variant=v, threads=n)
+                        for h in hosts_for(t):
+                            deps[f"browser:{v}:{t}:{h.name}:{n}"] = BrowserMeasure(r, a, variant=v, target=t,
+                                                                                  host=h.name, threads=n)
         return deps
 
     def fingerprint(self):
@@ -674,11 +708,15 @@ class SelectAndPublish(RecipeTask):
         candidates = []
         for k, task in deps.items():
             if k.startswith("browser:"):
-                _, v, t, h = k.split(":")
+                _, v, t, h, n = k.split(":")
                 res = task.result()
                 files = task.requires()["variant"].files() if res["status"] == "ok" else []
-                candidates.append(candidate(self.recipe, v, variant(v).runtime, t, res, files, native[v],
-                                            device_class=host(h).device_class))
+                # Paired with native at the same count; accuracy natively is the 1-thread run's.
+                nat = native[v] if n == "1" else {**native[f"{v}@{n}"], "accuracy": native[v].get("accuracy")}
+                candidates.append(candidate(self.recipe, v, variant(v).runtime, t, res, files, nat,
+                                            device_class=host(h).device_class,
+                                            threads=int(nat.get("threads") or os.cpu_count() or 1) if n == "cores"
+                                            else int(n)))
         # Published under the content this build's key was computed from (publish refuses a file changed since).
         assets = {name: {"src": str(path), "sha256": self.fingerprint()["assets"][name]}
                   for name, path in self.recipe.asset_paths().items()}

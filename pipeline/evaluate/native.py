@@ -151,18 +151,18 @@ def native_runner(name: str | None) -> NativeRunner | None:
 
 
 def native_run(recipe, model: Path, inputs: dict[str, np.ndarray], labels, reference: dict[str, np.ndarray] | None,
-               measured: str, runner: str = "ort") -> dict:
+               measured: str, runner: str = "ort", threads: int = 1) -> dict:
     """The native record of one variant: its accuracy against the reference (when `reference` is given: the
-    variant itself runs natively) and its latency at batch 1 and one thread, run by NATIVE_RUNNERS[runner]."""
+    variant itself runs natively) and its latency at batch 1 and `threads` threads, run by NATIVE_RUNNERS[runner]."""
     from pipeline.evaluate.metrics import compare, latency_stats
 
     run = NATIVE_RUNNERS[runner]
-    res = {"threads": 1, "measured": measured}
+    res = {"threads": threads, "measured": measured}
     if reference is not None:
         res["accuracy"] = compare(run.outputs(model, inputs, recipe.data.eval_batch, axes=BatchAxes.of(recipe)),
                                   reference, recipe.outputs, labels, recipe.data.sequence_length,
                                   recipe.detections)
     one = next(batches({k: v[:1] for k, v in inputs.items()}, 1, BatchAxes.of(recipe)))
-    lat = run.latency(model, one, warmup=NATIVE_WARMUP, runs=NATIVE_RUNS)
+    lat = run.latency(model, one, warmup=NATIVE_WARMUP, runs=NATIVE_RUNS, threads=threads)
     return {**res, "latency_ms": latency_stats(lat["latency_ms"]), "latency_runs": lat["latency_ms"],
             "session_ms": lat["session_ms"], "first_inference_ms": lat["first_inference_ms"]}
