@@ -25,8 +25,11 @@ class RuntimeInfo:
     targets: tuple[str, ...]
     static_mount: tuple[str, Path] | None = None  # (URL prefix, directory)
     # Browser features each target of this runtime needs (the registry lists them; a loader probes them).
-    # Vocabulary: wasm, wasm-simd, wasm-threads, webgpu, shader-f16, webgl2.
+    # Vocabulary: wasm, wasm-simd, wasm-relaxed-simd, wasm-threads, webgpu, shader-f16, webgl2.
     features: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Whether its wasm backend runs the thread count it is given (wasm threads); False: one thread whatever is
+    # asked, so it is measured at one count only.
+    threads: bool = True
 
 
 RUNTIMES: dict[str, RuntimeInfo] = {
@@ -42,6 +45,7 @@ RUNTIMES: dict[str, RuntimeInfo] = {
         targets=("wasm", "webgpu"),
         static_mount=("/tvmjs/", NODE_MODULES / "@mlc-ai" / "web-runtime" / "lib"),
         features={"wasm": ("wasm",), "webgpu": ("webgpu",)},
+        threads=False,  # @mlc-ai/web-runtime's wasm runs on the calling thread
     ),
     # One mount for tfjs: its core bundle and the wasm/webgpu backend bundles (+ .wasm files) live in sibling
     # packages, all served from node_modules/@tensorflow (only dist/ files are requested).
@@ -59,7 +63,8 @@ RUNTIMES: dict[str, RuntimeInfo] = {
         js="litert.js",
         targets=("wasm", "webgpu"),
         static_mount=("/litert/", NODE_MODULES / "@litertjs"),
-        features={"wasm": ("wasm", "wasm-simd"), "webgpu": ("webgpu", "wasm-simd")},
+        features={"wasm": ("wasm", "wasm-simd", "wasm-relaxed-simd"),
+                  "webgpu": ("webgpu", "wasm-simd", "wasm-relaxed-simd")},
     ),
 }
 

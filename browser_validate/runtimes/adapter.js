@@ -113,12 +113,15 @@ export function servedRuntime(base = '/') {
 // A minimal module using a v128 instruction: WebAssembly.validate() says whether this engine has wasm SIMD.
 const SIMD_PROBE = new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 10, 1, 8, 0,
   65, 0, 253, 15, 253, 98, 11]);
+// ... and one using i8x16.relaxed_swizzle (0xfd 0x100): relaxed SIMD, which LiteRT.js's wasm builds need.
+const RELAXED_SIMD_PROBE = new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 43,
+  1, 41, 0, 253, 12, ...new Array(16).fill(0), 253, 12, ...new Array(16).fill(0), 253, 128, 2, 11]);
 
 /**
  * What this browser can run, by capability rather than by presence: a WebGPU adapter is requested and its
  * features and fallback (software) status read; WebGL2 gets a context; wasm SIMD is validated on a tiny module;
  * wasm threads need cross-origin isolation and SharedArrayBuffer. `features` uses the registry's vocabulary
- * (required_features): wasm, wasm-simd, wasm-threads, webgpu, shader-f16, webgl2.
+ * (required_features): wasm, wasm-simd, wasm-relaxed-simd, wasm-threads, webgpu, shader-f16, webgl2.
  * @returns {Promise<{features: string[], webgpu: object|null, webgl: object|null, crossOriginIsolated: boolean}>}
  */
 export async function probeCapabilities() {
@@ -156,6 +159,7 @@ function wasmFeatures() {
   if (typeof WebAssembly !== 'object') return [];
   const features = ['wasm'];
   if (WebAssembly.validate(SIMD_PROBE)) features.push('wasm-simd');
+  if (WebAssembly.validate(RELAXED_SIMD_PROBE)) features.push('wasm-relaxed-simd');
   if (self.crossOriginIsolated && typeof SharedArrayBuffer !== 'undefined') features.push('wasm-threads');
   return features;
 }

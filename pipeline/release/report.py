@@ -98,7 +98,7 @@ COLUMNS = [("variant", "variant"), ("runtime", "runtime"), ("threads", "threads"
 
 ALWAYS = {"variant", "runtime", "status", "median_ms", "reasons"}
 
-PALETTE = {"ort": "#1f77b4", "tfjs": "#ff7f0e", "tvm": "#2ca02c"}
+PALETTE = {"ort": "#1f77b4", "tfjs": "#ff7f0e", "tvm": "#2ca02c", "litert": "#d62728"}
 
 
 def _scatter_svg(rows: list[dict], x_key: str, y_key: str, x_label: str, y_label: str, chosen: Callable[[dict], bool],

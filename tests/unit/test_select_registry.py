@@ -289,6 +289,8 @@ def test_selection_per_device_class_and_software_gpu_is_provisional():
                "were not assigned to the preferred execution providers which may or may not have an negative impact"]
     assert "CPU provider" in cpu_fallback("webgpu", ort_log)
     assert cpu_fallback("wasm", ort_log) is None and cpu_fallback("webgpu", ["log: fine"]) is None
+    assert "LiteRT.js" in cpu_fallback("webgpu", [], {"fullyAccelerated": False})
+    assert cpu_fallback("webgpu", [], {"fullyAccelerated": True}) is None
 
     def gpu_cand(variant, median, cls, adapter):
         c = cand(variant, target="webgpu", median=median)
