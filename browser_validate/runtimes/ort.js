@@ -12,6 +12,12 @@ const BUNDLES = {
            wasm: 'ort/ort-wasm-simd-threaded.asyncify.wasm'},
 };
 
+// A variant may ship session options with its model: a JSON file of this name among its model files (e.g.
+// {"graphOptimizationLevel": "disabled"} for a graph optimized offline). The measuring page and the web app's
+// loader both hand every model file to load(), so what ships is what was measured.
+const SESSION_OPTIONS_FILE = 'ort-session-options.json';
+const SHIPPABLE_OPTIONS = new Set(['graphOptimizationLevel', 'extra']);
+
 let ort = null;
 let session = null;
 let targetUsed = null;
@@ -31,16 +37,26 @@ export async function load({files, target, threads, runtime}) {
   ort.env.wasm.numThreads = threads;
   targetUsed = target;
   const ep = EXECUTION_PROVIDER[target];
-  const [entry, ...rest] = files;
+  const [entry, ...rest] = files.filter((f) => f.name !== SESSION_OPTIONS_FILE);
   const options = {
     executionProviders: [ep],
     graphOptimizationLevel: 'all',
+    ...shippedOptions(files),
     // Extra files (e.g. model.onnx.data) are external weights referenced by relative path.
     externalData: rest.map((f) => ({path: f.name, data: new Uint8Array(f.data)})),
   };
   session = await ort.InferenceSession.create(new Uint8Array(entry.data), options);
   if (ep === 'webgpu') runtime.lib.watchGpuDevice(await ort.env.webgpu.device);
   return {info: {inputNames: session.inputNames, outputNames: session.outputNames}};
+}
+
+function shippedOptions(files) {
+  const f = files.find((x) => x.name === SESSION_OPTIONS_FILE);
+  if (!f) return {};
+  const opts = JSON.parse(new TextDecoder().decode(f.data));
+  const unknown = Object.keys(opts).filter((k) => !SHIPPABLE_OPTIONS.has(k));
+  if (unknown.length) throw new Error(`ort: ${SESSION_OPTIONS_FILE}: unknown session option(s) ${unknown.join(', ')}`);
+  return opts;
 }
 
 export async function run(feeds) {

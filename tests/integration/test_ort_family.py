@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -30,6 +32,8 @@ pytestmark = pytest.mark.toolchain
 TOLERANCE = {
     "fp32": (1e-5, 1.0),
     "simplified": (1e-5, 1.0),
+    "ort_optimized": (1e-4, 1.0),
+    "ort_format": (1e-4, 1.0),
     "fp16": (1e-2, 0.9),
     "int8_dynamic": (0.2, 0.75),
     "int8_qdq": (0.2, 0.75),
@@ -39,6 +43,7 @@ TOLERANCE = {
     "int8_weights_fp16": (0.05, 0.9),
 }
 WEIGHT_ONLY = {"int4", "int4_fp16", "int8_weights", "int8_weights_fp16"}
+OPTIMIZED = {"ort_optimized": "model.onnx", "ort_format": "model.ort"}  # variant -> its model file
 
 
 @pytest.mark.parametrize("kind", ["cnn", "mlp"])
@@ -56,8 +61,13 @@ def test_variant_matches_pytorch(exported, work, kind, name):
             v.build(inputs, out)
         assert list(out.iterdir()) == []
         return
-    [dst] = v.build(inputs, out)
-    assert dst == out / "model.onnx"
+    files = v.build(inputs, out)
+    dst = files[0]
+    if name in OPTIMIZED:  # the optimized graph and the session options the browser must load it with
+        assert [f.name for f in files] == [OPTIMIZED[name], conv.SESSION_OPTIONS_FILE]
+        assert json.loads(files[1].read_text()) == {"graphOptimizationLevel": "disabled"}
+    else:
+        assert files == [out / "model.onnx"]
     got = _run(dst, e["x"])
     ref = e["ref"]
     assert got.dtype == np.float32 and got.shape == ref.shape
@@ -71,9 +81,11 @@ def test_variant_matches_pytorch(exported, work, kind, name):
 
 def test_variant_table_shape():
     specs = {v.name: variant(v.name) for v in VARIANTS}
-    assert set(specs) == {"fp32", "simplified", "fp16", "int8_dynamic", "int8_qdq"} | WEIGHT_ONLY
+    assert set(specs) == {"fp32", "simplified", "fp16", "int8_dynamic", "int8_qdq"} | WEIGHT_ONLY | set(OPTIMIZED)
     for name, v in specs.items():
-        assert v.family == "ort" and v.runtime == "ort" and v.targets == ("wasm", "webgpu") and v.description
+        assert v.family == "ort" and v.runtime == "ort" and v.description
+        # Optimized for the CPU EP, which is what ORT-web's wasm EP is.
+        assert v.targets == (("wasm",) if name in OPTIMIZED else ("wasm", "webgpu")), name
     assert [n for n, v in specs.items() if v.required_features] == ["fp16", "int4_fp16", "int8_weights_fp16"]
     assert all(v.required_features == {"webgpu": ("shader-f16",)} for v in specs.values() if v.required_features)
     assert [n for n, v in specs.items() if v.needs_calibration] == ["int8_qdq"]
@@ -104,6 +116,67 @@ def test_ops_per_variant(exported, work):
     assert {"QuantizeLinear", "DequantizeLinear"} <= graph_ops(work / "cnn" / "qdq.onnx")
     conv.simplify(cnn, work / "cnn" / "s.onnx")
     assert "BatchNormalization" not in graph_ops(work / "cnn" / "s.onnx")
+
+
+def test_offline_optimization_is_portable_to_wasm(exported, work):
+    """ORT_ENABLE_ALL as such writes NCHWc nodes on this x86 machine, which the wasm build lacks; the variant's graph
+    has none, keeps the fusions (FusedConv), and runs with optimizations off like its source."""
+    import onnxruntime as ort
+
+    src = exported["cnn"]["path"]
+    raw = work / "cnn" / "raw_all.onnx"
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.optimized_model_filepath = str(raw)
+    so.log_severity_level = 3
+    ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+    raw_ops = graph_ops(raw)
+    dst = work / "cnn" / "portable.onnx"
+    conv.ort_optimize(src, dst)
+    ops = graph_ops(dst)
+    assert not any(o.startswith("com.microsoft.nchwc.") for o in ops), ops
+    assert "com.microsoft.FusedConv" in ops and "BatchNormalization" not in ops, ops
+    if any(o.startswith("com.microsoft.nchwc.") for o in raw_ops):  # x86/ARM builds with NCHWc blocks
+        assert conv.OFFLINE_DISABLED_OPTIMIZERS == ("NchwcTransformer",)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    got = ort.InferenceSession(str(dst), so, providers=["CPUExecutionProvider"]).run(None, {"input": exported["cnn"]["x"]})[0]
+    np.testing.assert_allclose(got, exported["cnn"]["ref"], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ConversionError, match="fmt"):
+        conv.ort_optimize(src, work / "cnn" / "x.bin", fmt="bin")
+
+
+@pytest.mark.browser
+def test_optimized_variants_run_in_chromium_with_their_options(exported, work):
+    """Each optimized variant, as built, in ORT-web's wasm bundle with the options file it ships; the adapter reads
+    that file (a level ORT-web does not know fails the session, an unknown option is refused) and never hands
+    it to ORT as external data."""
+    from browser_validate.harness import MeasureRequest, close_browser, measure
+
+    e = exported["cnn"]
+    samples = {"input": e["x"][:8]}
+
+    def run(files):
+        return measure(MeasureRequest(runtime="ort", target="wasm", model_files=list(files), inputs=samples,
+                                      eval_batch=4, warmup=0, runs=2, timeout_s=120))
+
+    try:
+        for name in OPTIMIZED:
+            out = work / "cnn" / f"browser_{name}"
+            out.mkdir()
+            files = variant(name).build(BuildInputs(canonical_onnx=e["path"]), out)
+            res = run(files)
+            assert res.status == "ok", (name, res.error, res.console_errors)
+            np.testing.assert_allclose(res.outputs["logits"], e["ref"][:8], rtol=1e-4, atol=1e-4)
+        for options, error in (({"graphOptimizationLevel": "nonsense"}, "nonsense"),
+                               ({"enableProfiling": True}, "unknown session option")):
+            bad = work / "cnn" / f"bad_{error.split()[0]}"
+            bad.mkdir()
+            opts = conv.write_session_options(bad, options)
+            res = run([files[0], opts])
+            assert res.status == "failed" and error in res.error, res.error
+    finally:
+        close_browser()
 
 
 def test_int4_not_applicable_without_matmul(exported, tmp_path):

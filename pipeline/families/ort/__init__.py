@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.families import BuildInputs, VariantSpec, register
-from pipeline.families.ort.convert import copy_model, int8_dynamic, int8_qdq, simplify, to_fp16, via_simplified, \
-    weight_only
+from pipeline.families.ort.convert import OPTIMIZED_SESSION_OPTIONS, copy_model, int8_dynamic, int8_qdq, \
+    ort_optimize, simplify, to_fp16, via_simplified, weight_only, write_session_options
 
 MODEL_FILE = "model.onnx"
 
@@ -21,6 +21,17 @@ def _variant(step):
     return build
 
 
+def _optimized(fmt: str):
+    """A graph optimized here by onnxruntime, shipped with the session options that make the browser skip its own
+    optimizations (the measuring page and the web app's loader read them from the same file)."""
+    def build(inputs: BuildInputs, out_dir: Path) -> list[Path]:
+        dst = out_dir / f"model.{fmt}"
+        ort_optimize(inputs.canonical_onnx, dst, fmt=fmt)
+        return [dst, write_session_options(out_dir, OPTIMIZED_SESSION_OPTIONS)]
+
+    return build
+
+
 VARIANTS = [
     VariantSpec(
         name="fp32", runtime="ort",
@@ -31,6 +42,24 @@ VARIANTS = [
         name="simplified", runtime="ort",
         build=_variant(lambda src, dst, _: simplify(src, dst)),
         description="onnxsim: constant folding, BN folding, MatMul+Add->Gemm on 2-D, numerically checked.",
+    ),
+    # Offline optimization: the graph ORT-web would build at every session start, built once here. Only wasm: the
+    # fusions are the CPU EP's (the wasm EP is that EP); on WebGPU they would be nodes placed for another EP.
+    VariantSpec(
+        name="ort_optimized", runtime="ort", targets=("wasm",),
+        build=_optimized("onnx"),
+        description=(
+            "onnxruntime's graph optimizations run offline (ORT_ENABLE_ALL without NchwcTransformer, whose "
+            "NCHWc nodes the wasm build lacks: folded constants, FusedConv with activation and residual Add), "
+            "saved as ONNX with session options graphOptimizationLevel 'disabled': the browser skips them at "
+            "session creation."),
+    ),
+    VariantSpec(
+        name="ort_format", runtime="ort", targets=("wasm",),
+        build=_optimized("ort"),
+        description=(
+            "The same optimized graph in ORT's own flatbuffer format (.ort; ORT-web detects it and uses its "
+            "initializers in place), graphOptimizationLevel 'disabled'."),
     ),
     VariantSpec(
         name="fp16", runtime="ort",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import shutil
 import threading
@@ -422,3 +423,99 @@ def via_simplified(step: Callable[[Path, Path], None]) -> Callable[[Path, Path],
             step(base, dst)
 
     return run
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# offline graph optimization: what ORT-web would do at every session start, done once here
+# ------------------------------------------------------------------------------------------------------------------
+
+# A variant may ship session options beside its model: browser_validate/runtimes/ort.js reads a file of this name
+# among the model files (the measuring page and the web app's loader both hand it every file).
+SESSION_OPTIONS_FILE = "ort-session-options.json"
+# ORT_ENABLE_ALL with the optimizers that write layouts only some CPU builds have left out. On this machine's x86
+# build NchwcTransformer rewrites every Conv into com.microsoft.nchwc nodes (NCHWc blocks sized for AVX/AVX-512);
+# the wasm build has no NCHWc kernels (Chromium: "com.microsoft.nchwc:Conv(-1) is not a registered function/op"),
+# so ORT_ENABLE_LAYOUT / ORT_ENABLE_ALL as such are not portable. Everything else at those levels is (the fusions
+# for the CPU EP, FusedConv with a residual Add at level 3, the channels-last rewrite of quantized convolutions):
+# the wasm EP is ORT's CPU EP compiled to WebAssembly, with the same kernel registry minus NCHWc.
+OFFLINE_DISABLED_OPTIMIZERS: tuple[str, ...] = ("NchwcTransformer",)
+NOT_PORTABLE_DOMAINS = ("com.microsoft.nchwc",)
+# What the browser session then does itself: nothing (its optimizations ran here).
+OPTIMIZED_SESSION_OPTIONS = {"graphOptimizationLevel": "disabled"}
+
+
+@conversion_step("ort_optimize")
+def ort_optimize(src: Path, dst: Path, *, fmt: str = "onnx") -> None:
+    """onnxruntime's graph optimizations (ORT_ENABLE_ALL less :data:`OFFLINE_DISABLED_OPTIMIZERS`, CPU EP) run
+    once, the optimized graph saved as ``fmt`` ``"onnx"`` or ``"ort"`` (ORT's flatbuffer format: no protobuf
+    parse, initializers used in place). A browser session loading it should skip its own optimizations
+    (:data:`OPTIMIZED_SESSION_OPTIONS`). The result is checked: no node of a domain the wasm build lacks, and
+    run with optimizations off it gives the source model's outputs on a test input."""
+    import onnxruntime as ort
+
+    if fmt not in ("onnx", "ort"):
+        raise ConversionError(f"ort_optimize: fmt must be 'onnx' or 'ort', got {fmt!r}")
+    step = f"ort_optimize ({fmt})"
+    model = load_model(src, step, load_external_data=False)
+    _ort_loads(Path(src), f"{step} (source model)")
+    external = uses_external_data(Path(src))
+    if external and fmt == "ort":
+        raise NotApplicable(f"{step}: {src} keeps its weights in external data; the ORT format holds one file < 2 GB")
+    with model_output(Path(dst)) as staged:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.intra_op_num_threads = 1
+        so.log_severity_level = 3
+        so.optimized_model_filepath = str(staged)
+        if fmt == "ort":
+            so.add_session_config_entry("session.save_model_format", "ORT")
+        elif external:
+            so.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                        Path(dst).name + ".data")
+            so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+        ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"],
+                             disabled_optimizers=list(OFFLINE_DISABLED_OPTIMIZERS))
+        if fmt == "onnx":
+            bad = sorted(n for n in graph_ops(staged) if n.rsplit(".", 1)[0] in NOT_PORTABLE_DOMAINS)
+            if bad:
+                raise ConversionError(f"{step}: optimized graph holds nodes the wasm build lacks: {bad}")
+        _same_outputs(Path(src), staged, step, model)
+
+
+def _same_outputs(src: Path, optimized: Path, step: str, model: onnx.ModelProto, rtol: float = 1e-3) -> None:
+    """The optimized file, run with ORT's optimizations off (as the browser will), against the source on one
+    random input (dynamic dims set to 1). Skipped when the source itself cannot run on that input."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for i in graph_inputs(model):
+        shape = _test_input_shapes(model)[i.name]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)
+        feeds[i.name] = (rng.standard_normal(shape).astype(dtype) if np.issubdtype(dtype, np.floating)
+                         else np.ones(shape, dtype=dtype))
+    try:
+        want = ort_session(src).run(None, feeds)
+    except Exception as e:  # noqa: BLE001 - e.g. a spatial dim of 1 is too small for the model's pooling
+        log.info("%s: numerical check skipped (the source does not run on the test input: %s)", step, e)
+        return
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.log_severity_level = 3
+    try:
+        got = ort.InferenceSession(str(optimized), so, providers=["CPUExecutionProvider"]).run(None, feeds)
+    except Exception as e:  # noqa: BLE001
+        raise ConversionError(f"{step}: the optimized model does not run with optimizations off: {e}") from e
+    for w, g in zip(want, got):
+        w, g = np.asarray(w), np.asarray(g)
+        if w.shape != g.shape or not np.allclose(g, w, rtol=rtol, atol=rtol * max(1.0, float(np.abs(w).max()))):
+            raise ConversionError(f"{step}: optimized outputs differ from the source's "
+                                  f"(max abs diff {float(np.abs(g - w).max()) if w.shape == g.shape else 'shape'})")
+
+
+def write_session_options(out_dir: Path, options: dict) -> Path:
+    """The session options a variant ships (:data:`SESSION_OPTIONS_FILE`), written atomically."""
+    dst = Path(out_dir) / SESSION_OPTIONS_FILE
+    with atomic_file(dst) as staged:
+        staged.write_text(json.dumps(options, sort_keys=True) + "\n")
+    return dst
