@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 STAGES = [("SourceModel", "source (locate / train)"), ("EvalData", "evaluation / calibration data"),
           ("CanonicalOnnx", "canonical ONNX"), ("ReferenceOutputs", "reference outputs"),
           ("Prerequisite", "shared intermediates (SavedModel, TVM runtime)"), ("Variant", "conversions"),
-          ("Native", "native runs (onnxruntime)"), ("Browser-wasm", "browser: wasm"),
+          ("Native", "native runs (onnxruntime, LiteRT interpreter)"), ("Browser-wasm", "browser: wasm"),
           ("Browser-webgpu", "browser: webgpu (software adapter here)"), ("Browser-webgl", "browser: webgl"),
           ("SelectAndPublish", "selection + publish")]
 
@@ -49,10 +49,11 @@ def build(recipes: Path, artifacts: Path) -> float:
     return time.monotonic() - t
 
 
-def summarise(artifacts: Path) -> tuple[dict, dict, dict]:
+def summarise(artifacts: Path) -> tuple[dict, dict, dict, dict]:
     by_stage: dict[str, float] = defaultdict(float)
     count: dict[str, int] = defaultdict(int)
     by_recipe: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    page: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))  # target -> page stage -> seconds
     for res in (artifacts / "build").glob("*/*/*/result.json"):
         r = json.loads(res.read_text())
         stage = stage_of(res.parent.name)
@@ -60,10 +61,20 @@ def summarise(artifacts: Path) -> tuple[dict, dict, dict]:
         by_stage[stage] += r.get("seconds", 0.0)
         count[stage] += 1
         by_recipe[recipe][stage] += r.get("seconds", 0.0)
-    return by_stage, count, by_recipe
+        for name, sec in (r.get("stage_seconds") or {}).items():  # inside a browser measurement
+            page[stage][name] += sec
+    return by_stage, count, by_recipe, page
 
 
-def table(by_stage, count, by_recipe, cold_s, noop_s) -> str:
+# The measuring page's stages, grouped as the minutes are spent (browser_validate/page/bench.js, harness.py).
+PAGE_GROUPS = [("launch + page load", ("launch", "page", "import", "probe")), ("evaluation data", ("inputs",)),
+               ("download + session", ("download", "session")), ("first inference", ("first",)),
+               ("accuracy (evaluation samples)", ("eval",)), ("warm-up + timed runs", ("warmup", "timing")),
+               ("memory view", ("memory",)), ("user-experience probe", ("qoe-main", "qoe-worker", "qoe-done")),
+               ("download under the network profile", ("network",))]
+
+
+def table(by_stage, count, by_recipe, page, cold_s, noop_s) -> str:
     total = sum(by_stage.values())
     lines = [f"# Build time: where the minutes go\n",
              f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.node()} "
@@ -83,6 +94,14 @@ def table(by_stage, count, by_recipe, cold_s, noop_s) -> str:
         top = max(stages.items(), key=lambda kv: kv[1])
         label = dict(STAGES).get(top[0], top[0])
         lines.append(f"| {recipe} | {sum(stages.values()) / 60:.1f} | {label} ({top[1] / 60:.1f} min) |")
+    if page:
+        targets = [k for k, _ in STAGES if k in page]
+        lines.append("\nInside the browser measurements (each record's `stage_seconds`), minutes:\n")
+        lines.append("| page stage | " + " | ".join(dict(STAGES)[t] for t in targets) + " |")
+        lines.append("|---|" + "---:|" * len(targets))
+        for label, names in PAGE_GROUPS:
+            lines.append(f"| {label} | " + " | ".join(f"{sum(page[t].get(n, 0) for n in names) / 60:.1f}"
+                                                       for t in targets) + " |")
     return "\n".join(lines) + "\n"
 
 
