@@ -39,6 +39,19 @@ def cold_start_4g(row: dict) -> float | None:
 
 
 
+def fit_line(x: list[float], y: list[float]) -> tuple[float, float] | None:
+    """(intercept, slope) of y over x by least squares; None with fewer than 3 points or no spread in x."""
+    n = len(x)
+    if n < 3:
+        return None
+    mx, my = sum(x) / n, sum(y) / n
+    sxx = sum((v - mx) ** 2 for v in x)
+    if not sxx:
+        return None
+    slope = sum((u - mx) * (v - my) for u, v in zip(x, y)) / sxx
+    return my - slope * mx, slope
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--artifacts", default=str(ROOT / "artifacts"))
@@ -68,9 +81,13 @@ def main() -> int:
         " peak mem MB | fps main / worker | input delay p95 ms main / worker | ship in | top-1 agree | status |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    loads: dict[str, list[tuple[int, int]]] = {}  # runtime -> (download bytes, model load memory) on wasm, 1 thread
     for model, m in sorted(index["models"].items()):
         for version, entry in m["versions"].items():
             report = json.loads((Path(a.artifacts) / "registry" / entry["report"]["path"]).read_text())
+            for r in report["candidates"]:
+                if (r["target"], r.get("threads", 1), r["status"]) == ("wasm", 1, "ok") and r.get("model_memory_bytes"):
+                    loads.setdefault(r["runtime"], []).append((r["download_bytes"], r["model_memory_bytes"]))
             chosen = {(t["variant"], t["backend"], t["runtime_options"]["threads"]) for t in entry["targets"].values()
                       if t["status"] == "chosen"}
             for r in sorted(report["candidates"], key=lambda r: (r["target"], r["variant"], r.get("threads", 1))):
@@ -90,6 +107,18 @@ def main() -> int:
                     f" | {fmt(r.get('main_fps'), 2)} / {fmt(r.get('worker_fps'), 2)}"
                     f" | {fmt(r.get('main_input_delay_p95_ms'))} / {fmt(r.get('worker_input_delay_p95_ms'))}"
                     f" | {r.get('ship_in') or '–'} | {fmt(r['top1_agreement'])} | {status} |")
+    lines += ["", "## Memory to have the model ready, per runtime (wasm, 1 thread)", "",
+              "A least-squares line through every candidate's model load memory against its download: the intercept "
+              "is the runtime's own fixed cost (wasm module, heap, threads), the slope what each downloaded byte costs "
+              "once loaded (the fetched buffer, the runtime's copy, dequantized weights).", "",
+              "| runtime | candidates | download KB (min–max) | fixed cost MB | × download | largest multiple of its download |",
+              "|---|---|---|---|---|---|"]
+    for runtime, pts in sorted(loads.items()):
+        x, y = [p[0] for p in pts], [p[1] for p in pts]
+        fit = fit_line(x, y)
+        lines.append(f"| {runtime} | {len(pts)} | {fmt(min(x) / 1024)}–{fmt(max(x) / 1024)}"
+                     f" | {fmt(fit[0] / 2**20) if fit else '–'} | {fmt(fit[1], 2) if fit else '–'}"
+                     f" | {fmt(max(b / d for d, b in pts if d), 3)} |")
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
