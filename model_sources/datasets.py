@@ -9,6 +9,8 @@ Sources:
 * :func:`imagenet_photos` -- natural colour photos shipped in the ``scikit-image`` wheel
   (``skimage/data``), torchvision-style ImageNet preprocessing, deterministic crop/flip variants,
   no labels.
+* :func:`imagenet_calibration` -- calibration views for ImageNet models from the *other* images in
+  ``skimage/data`` (never an evaluation photo): random resized crops, flips and colour jitter, seeded.
 * :func:`fashion_mnist` -- Debian ``dataset-fashion-mnist`` idx files (override the directory with
   ``$FASHION_MNIST_DIR``), labelled.
 * :func:`text_direction_lines` -- text lines segmented from ``skimage/data/page.png``; each crop is
@@ -39,6 +41,8 @@ __all__ = [
     "IMAGENET_VARIANTS",
     "imagenet_photos",
     "imagenet_preprocess",
+    "IMAGENET_CALIBRATION_IMAGES",
+    "imagenet_calibration",
     "fashion_mnist",
     "fashion_mnist_dir",
     "read_idx_gz",
@@ -168,6 +172,91 @@ def imagenet_photos(input_name: str = "input", *, size: int = 224, photos: tuple
                 resize = int(round(resize * size / 224))
                 arrays.append(imagenet_preprocess(im, resize=resize, size=size, crop=crop, hflip=flip))
                 ids.append(f"{Path(name).stem}.{v}")
+    if limit is not None:
+        arrays, ids = arrays[:limit], ids[:limit]
+    x = np.ascontiguousarray(np.stack(arrays), dtype=np.float32)
+    return EvalSet(inputs={input_name: x}, labels=None, ids=ids)
+
+
+# Calibration images for ImageNet models: every other real image in skimage/data, so that a calibration set never
+# holds an evaluation photo (IMAGENET_PHOTOS), not even another crop of one. Photos of a camera man, coins, the
+# moon, a clock, bricks, grass, gravel and printed text (greyscale), a colour immunohistochemistry slide, microscope
+# cells and a retina's microaneurysms. The colour wheel, logo, horse silhouette, chessboards and the scanned page
+# are not photos: left out.
+IMAGENET_CALIBRATION_IMAGES = (
+    "camera.png",
+    "coins.png",
+    "moon.png",
+    "clock_motion.png",
+    "brick.png",
+    "grass.png",
+    "gravel.png",
+    "text.png",
+    "ihc.png",
+    "cell.png",
+    "microaneurysms.png",
+)
+
+
+def _calibration_view(img, rng: np.random.Generator, *, size: int, grey: bool) -> np.ndarray:
+    """One augmented view ``[3, size, size]``: a random resized crop (8-100 % of the area, aspect 3/4-4/3, as
+    torchvision's RandomResizedCrop draws it), a horizontal flip half the time, and colour jitter: greyscale photos
+    get a random tint (per-channel gains 0.6-1.4, so the colour channels do not all carry one value), colour
+    photos brightness, contrast and saturation within +-30 %. Then ImageNet normalisation."""
+    from PIL import Image
+
+    w, h = img.size
+    for _ in range(10):
+        area = w * h * rng.uniform(0.08, 1.0)
+        aspect = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+        cw, ch = int(round(math.sqrt(area * aspect))), int(round(math.sqrt(area / aspect)))
+        if 0 < cw <= w and 0 < ch <= h:
+            break
+    else:
+        cw = ch = min(w, h)
+    left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    view = img.crop((left, top, left + cw, top + ch)).resize((size, size), Image.BILINEAR)
+    if rng.random() < 0.5:
+        view = view.transpose(Image.FLIP_LEFT_RIGHT)
+    x = np.asarray(view, dtype=np.float32) / 255.0
+    if grey:
+        x = x * rng.uniform(0.6, 1.4, size=3).astype(np.float32)
+    else:
+        x = x * np.float32(rng.uniform(0.7, 1.3))                                   # brightness
+        x = (x - x.mean()) * np.float32(rng.uniform(0.7, 1.3)) + x.mean()          # contrast
+        g = x.mean(axis=2, keepdims=True)
+        x = g + (x - g) * np.float32(rng.uniform(0.7, 1.3))                         # saturation
+    x = (np.clip(x, 0.0, 1.0) - IMAGENET_MEAN) / IMAGENET_STD
+    return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
+
+
+def imagenet_calibration(input_name: str = "input", *, size: int = 224, views: int = 16, seed: int = 0,
+                         images: tuple[str, ...] | None = None, limit: int | None = None) -> EvalSet:
+    """Calibration samples for ImageNet models ``[N, 3, size, size]`` (no labels), from
+    :data:`IMAGENET_CALIBRATION_IMAGES` (none of them an evaluation photo): per image its standard view (resize
+    the shorter side to 256/224 * size, centre crop) and ``views - 1`` augmented views (:func:`_calibration_view`),
+    drawn from a generator seeded by ``seed`` and the image's position: the same arguments give the same samples.
+    Order: image-major; ids ``"camera.view03"``."""
+    from PIL import Image
+
+    images = tuple(images or IMAGENET_CALIBRATION_IMAGES)
+    overlap = sorted(set(images) & set(IMAGENET_PHOTOS))
+    if overlap:
+        raise ValueError(f"calibration images {overlap} are evaluation photos (IMAGENET_PHOTOS)")
+    if views < 1:
+        raise ValueError(f"views must be >= 1, got {views}")
+    arrays, ids = [], []
+    for i, name in enumerate(images):
+        rng = np.random.default_rng([seed, i])
+        with Image.open(_skimage_data(name)) as im:
+            im.load()
+            grey = im.mode in ("L", "I", "I;16", "F") or im.mode.startswith("I;")
+            rgb = im.convert("RGB")
+        arrays.append(imagenet_preprocess(rgb, resize=int(round(256 * size / 224)), size=size))
+        ids.append(f"{Path(name).stem}.view00")
+        for k in range(1, views):
+            arrays.append(_calibration_view(rgb, rng, size=size, grey=grey))
+            ids.append(f"{Path(name).stem}.view{k:02d}")
     if limit is not None:
         arrays, ids = arrays[:limit], ids[:limit]
     x = np.ascontiguousarray(np.stack(arrays), dtype=np.float32)

@@ -37,6 +37,7 @@ TOLERANCE = {
     "fp16": (1e-2, 0.9),
     "int8_dynamic": (0.2, 0.75),
     "int8_qdq": (0.2, 0.75),
+    "int8_qdq_mixed": (0.2, 0.75),
     "int4": (0.2, 0.75),
     "int4_fp16": (0.2, 0.75),
     "int8_weights": (0.05, 0.9),
@@ -81,14 +82,15 @@ def test_variant_matches_pytorch(exported, work, kind, name):
 
 def test_variant_table_shape():
     specs = {v.name: variant(v.name) for v in VARIANTS}
-    assert set(specs) == {"fp32", "simplified", "fp16", "int8_dynamic", "int8_qdq"} | WEIGHT_ONLY | set(OPTIMIZED)
+    assert set(specs) == {"fp32", "simplified", "fp16", "int8_dynamic", "int8_qdq", "int8_qdq_mixed"} | WEIGHT_ONLY \
+        | set(OPTIMIZED)
     for name, v in specs.items():
         assert v.family == "ort" and v.runtime == "ort" and v.description
         # Optimized for the CPU EP, which is what ORT-web's wasm EP is.
         assert v.targets == (("wasm",) if name in OPTIMIZED else ("wasm", "webgpu")), name
     assert [n for n, v in specs.items() if v.required_features] == ["fp16", "int4_fp16", "int8_weights_fp16"]
     assert all(v.required_features == {"webgpu": ("shader-f16",)} for v in specs.values() if v.required_features)
-    assert [n for n, v in specs.items() if v.needs_calibration] == ["int8_qdq"]
+    assert [n for n, v in specs.items() if v.needs_calibration] == ["int8_qdq", "int8_qdq_mixed"]
 
 
 def test_fp16_keeps_float32_io(exported, work):
@@ -177,6 +179,108 @@ def test_optimized_variants_run_in_chromium_with_their_options(exported, work):
             assert res.status == "failed" and error in res.error, res.error
     finally:
         close_browser()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# int8 with layers kept in float
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _two_convs(path: Path) -> Path:
+    """input -> conv_a -> Relu -> conv_b -> Relu -> GlobalAveragePool -> Flatten -> Gemm -> logits (conv_b is fed by
+    a quantized tensor once conv_a is quantized: the case onnxruntime re-quantizes)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+
+    def init(name, *shape):
+        return numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * 0.3, name)
+
+    nodes = [helper.make_node("Conv", ["input", "wa", "ba"], ["a"], name="conv_a", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["ra"], name="relu_a"),
+             helper.make_node("Conv", ["ra", "wb", "bb"], ["b"], name="conv_b", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["b"], ["rb"], name="relu_b"),
+             helper.make_node("GlobalAveragePool", ["rb"], ["p"], name="pool"),
+             helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+             helper.make_node("Gemm", ["f", "wc", "bc"], ["logits"], name="fc", transB=1)]
+    g = helper.make_graph(nodes, "two_convs", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["b", 3, 8, 8])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["b", 4])],
+                          [init("wa", 8, 3, 3, 3), init("ba", 8), init("wb", 8, 8, 3, 3), init("bb", 8),
+                           init("wc", 4, 8), init("bc", 4)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(path))
+    return path
+
+
+def _session_ops(path: Path, work: Path) -> list[str]:
+    """The op of every node once onnxruntime has optimized the graph for its CPU EP (as a session does)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.optimized_model_filepath = str(work / f"{path.stem}.session.onnx")
+    so.log_severity_level = 3
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"],
+                         disabled_optimizers=list(conv.OFFLINE_DISABLED_OPTIMIZERS))
+    m = onnx.load(so.optimized_model_filepath)
+    return sorted(n.op_type for n in m.graph.node if "Conv" in n.op_type)
+
+
+def test_excluded_node_stays_float(tmp_path):
+    """A node kept in float is still float after onnxruntime optimized the session (which otherwise quantizes the
+    weights of a float Conv fed by a DequantizeLinear), and the record says which and why."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    src = _two_convs(tmp_path / "two.onnx")
+    calib = {"input": np.random.default_rng(1).standard_normal((16, 3, 8, 8)).astype(np.float32)}
+    plain = tmp_path / "plain.onnx"  # onnxruntime's own exclusion: conv_b comes back int8 in the session
+    quantize_static(str(src), str(plain), conv._StackedReader(calib, 4), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    nodes_to_exclude=["conv_b"])
+    assert _session_ops(plain, tmp_path) == ["QLinearConv", "QLinearConv"]
+
+    record = {"float_nodes": [{"node": "conv_b", "why": "test"}]}
+    dst = tmp_path / "q.onnx"
+    conv.int8_qdq(src, dst, calib, batch=4, exclude=["conv_b"], record=record)
+    m = onnx.load(str(dst))
+    b = next(n for n in m.graph.node if n.name == "conv_b")
+    assert next(n for n in m.graph.node if b.input[0] in n.output).op_type == "DequantizeLinear"
+    assert conv.quantization_record(dst) == record
+    assert sorted(_session_ops(dst, tmp_path)) in (["Conv", "QLinearConv"], ["FusedConv", "QLinearConv"])
+    with pytest.raises(ConversionError, match="no_such_node"):
+        conv.int8_qdq(src, tmp_path / "x.onnx", calib, batch=4, exclude=["no_such_node"])
+
+
+def test_sensitivity_pass_is_measured_on_calibration_and_deterministic(tmp_path):
+    src = _two_convs(tmp_path / "two.onnx")
+    calib = {"input": np.random.default_rng(2).standard_normal((24, 3, 8, 8)).astype(np.float32)}
+    rec = [conv.int8_qdq_sensitive(src, tmp_path / f"s{i}.onnx", calib, batch=4, samples=8, min_gain=0.0)
+           for i in range(2)]
+    assert rec[0] == rec[1] == conv.quantization_record(tmp_path / "s0.onnx")
+    r = rec[0]
+    assert r["candidates"] == 3 and r["calibration"]["sensitivity_samples"] == 8
+    assert r["error"] <= r["error_all_int8"]
+    kept = [f["node"] for f in r["float_nodes"]]
+    assert kept and len(kept) <= conv.SENSITIVITY_MAX_FLOAT
+    for f in r["float_nodes"]:
+        assert f["error_after"] < f["error_before"] and "kept float" in f["why"]
+    m = onnx.load(str(tmp_path / "s0.onnx"))
+    for name in kept:  # its weight is a float initializer, not a DequantizeLinear output
+        node = next(n for n in m.graph.node if n.name == name)
+        assert node.input[1] in {i.name for i in m.graph.initializer}
+
+
+def test_imagenet_calibration_never_holds_an_evaluation_photo():
+    from model_sources import datasets as ds
+
+    cal = ds.imagenet_calibration(views=3, limit=9)
+    assert cal.inputs["input"].shape == (9, 3, 224, 224) and cal.labels is None
+    assert not {i.split(".")[0] for i in cal.ids} & {p.split(".")[0] for p in ds.IMAGENET_PHOTOS}
+    np.testing.assert_array_equal(cal.inputs["input"], ds.imagenet_calibration(views=3, limit=9).inputs["input"])
+    assert not np.array_equal(cal.inputs["input"], ds.imagenet_calibration(views=3, limit=9, seed=1).inputs["input"])
+    with pytest.raises(ValueError, match="evaluation photos"):
+        ds.imagenet_calibration(images=("chelsea.png",))
 
 
 def test_int4_not_applicable_without_matmul(exported, tmp_path):

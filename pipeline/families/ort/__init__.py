@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pipeline.families import BuildInputs, VariantSpec, register
 from pipeline.families.ort.convert import OPTIMIZED_SESSION_OPTIONS, copy_model, int8_dynamic, int8_qdq, \
-    ort_optimize, simplify, to_fp16, via_simplified, weight_only, write_session_options
+    int8_qdq_sensitive, ort_optimize, simplify, to_fp16, via_simplified, weight_only, write_session_options
 
 MODEL_FILE = "model.onnx"
 
@@ -94,6 +94,18 @@ VARIANTS = [
             "tensors to quantize). QDQ on ORT-web WebGPU was seen to give wrong values without an error: the "
             "accuracy gate decides."
         ),
+    ),
+    VariantSpec(
+        name="int8_qdq_mixed", runtime="ort",
+        build=_variant(lambda src, dst, inputs: via_simplified(
+            lambda s, d: int8_qdq_sensitive(s, d, inputs.calibration, batch=inputs.calibration_batch))(src, dst)),
+        needs_calibration=True,
+        description=(
+            "Static int8 QDQ like int8_qdq (per-channel int8 weights, uint8 activations), Percentile calibration, "
+            "with the layers where int8 hurts most kept in float: a sensitivity pass on the calibration samples "
+            "(never the evaluation data) measures the output error with each Conv/Gemm/MatMul alone kept float and "
+            "keeps float, greedily, those that lower it by >= 2 %, at most 8. Which nodes and why: the model's "
+            "metadata 'pipeline.quantization'."),
     ),
     # Weight-only (block-wise, 32 weights per scale): each MatMul with a constant 2-D weight becomes com.microsoft
     # MatMulNBits; activations stay float, so attention (activation x activation) is never quantized. They start

@@ -238,40 +238,220 @@ def _validate_calibration(model: onnx.ModelProto, calibration: dict[str, np.ndar
 
 
 @conversion_step("int8_qdq")
-def int8_qdq(src: Path, dst: Path, calibration: dict[str, np.ndarray] | None, *, batch: int = 1) -> None:
-    """Static int8 quantization, QDQ format, per-channel int8 weights, uint8 activations (MinMax calibration).
+def int8_qdq(src: Path, dst: Path, calibration: dict[str, np.ndarray] | None, *, batch: int = 1,
+             exclude: tuple[str, ...] | list[str] = (), calibrate: str = "minmax",
+             record: dict | None = None) -> None:
+    """Static int8 quantization, QDQ format, per-channel int8 weights, uint8 activations (the pair ORT-web's wasm
+    kernels take: its quantized GEMM wants unsigned activations, weights of either sign).
 
     Graph outputs stay float (their trailing Q/DQ pair is removed) so logits are not clipped to the
-    calibration range.
+    calibration range. ``exclude`` names nodes (of the model after quant_pre_process, which keeps node names)
+    kept in float, robustly (:func:`_keep_float`); ``calibrate`` is ``"minmax"`` or ``"percentile"``;
+    ``record`` (JSON) is stored in the model's metadata as ``pipeline.quantization``.
 
     ``calibration`` holds stacked samples ``{input_name: [N, ...]}``; they are fed in chunks of ``batch``.
     """
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
     model = load_model(src, "int8_qdq")
     data = _validate_calibration(model, calibration, batch, src)
     with scratch_dir(Path(dst)) as work, model_output(Path(dst)) as staged:
-        pre = _preprocess_for_quant(Path(src), work, "int8_qdq")
-        # Per-channel QDQ needs DequantizeLinear's `axis` (opset >= 13). Older models (e.g. Paddle exports at
-        # opset 11) are converted up first; where that fails, per-tensor scales still work at their opset.
-        pre, per_channel = _at_least_opset13(pre, work)
-        quantize_static(
-            str(pre),
-            str(staged),
-            _StackedReader(data, batch),
-            quant_format=QuantFormat.QDQ,
-            per_channel=per_channel,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-        )
-        q = onnx.load(str(staged))
-        if _drop_output_qdq(q):
-            save_model(q, staged)
+        pre, per_channel = _quant_input(Path(src), work)
+        _quantize_qdq(pre, staged, data, batch, per_channel, exclude, calibrate, cache=None)
         if not graph_ops(staged) & _QUANT_MARKERS:
             raise NotApplicable(f"int8_qdq: {src} has no op that static quantization handles")
+        if record is not None:
+            q = onnx.load(str(staged))
+            _set_metadata(q, QUANT_RECORD_KEY, record)
+            save_model(q, staged)
         onnx.checker.check_model(str(staged))
         _ort_loads(staged, "int8_qdq")
+
+
+QUANT_RECORD_KEY = "pipeline.quantization"
+CALIBRATION_METHODS = ("minmax", "percentile")
+
+
+def _quant_input(src: Path, work: Path) -> tuple[Path, bool]:
+    """quant_pre_process, then opset >= 13 where possible: (model to quantize, per-channel possible)."""
+    pre = _preprocess_for_quant(Path(src), work, "int8_qdq")
+    # Per-channel QDQ needs DequantizeLinear's `axis` (opset >= 13). Older models (e.g. Paddle exports at
+    # opset 11) are converted up first; where that fails, per-tensor scales still work at their opset.
+    return _at_least_opset13(pre, work)
+
+
+def _quantize_qdq(pre: Path, out: Path, data: dict, batch: int, per_channel: bool, exclude, calibrate: str,
+                  cache: Path | None) -> None:
+    """One QDQ quantization of ``pre`` into ``out`` (uint8 activations, int8 weights), ``exclude`` kept float.
+    With ``cache`` the calibration ranges are computed once and reused (the sensitivity pass)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if calibrate not in CALIBRATION_METHODS:
+        raise ConversionError(f"int8_qdq: calibrate must be one of {CALIBRATION_METHODS}, got {calibrate!r}")
+    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}[calibrate]
+    known = {n.name for n in onnx.load(str(pre), load_external_data=False).graph.node}
+    unknown = sorted(set(exclude) - known)
+    if unknown:
+        raise ConversionError(f"int8_qdq: nodes to keep in float not in the model: {unknown}")
+    quantize_static(
+        str(pre),
+        str(out),
+        _StackedReader(data, batch),
+        quant_format=QuantFormat.QDQ,
+        per_channel=per_channel,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=method,
+        nodes_to_exclude=list(exclude),
+        **({"calibration_cache_path": str(cache)} if cache is not None else {}),
+    )
+    q = onnx.load(str(out))
+    changed = _drop_output_qdq(q)
+    changed += _keep_float(q, set(exclude))
+    if changed:
+        save_model(q, out)
+
+
+def _keep_float(model: onnx.ModelProto, names: set[str]) -> int:
+    """Make excluded Conv/Gemm nodes stay float in onnxruntime. Since 1.21 its WeightBiasQuantization transformer
+    (run at session start, natively and in ORT-web) quantizes the float weights of every Conv/ConvTranspose/Gemm
+    whose input comes from a per-tensor DequantizeLinear, per tensor: an excluded node next to quantized ones comes
+    back int8, with a coarser weight scale than the quantizer would have used. Feeding it through its own
+    DequantizeLinear with a per-channel scale (the same value on every channel: the same numbers) leaves it out of
+    that rule. Returns how many nodes were rewired."""
+    from onnx import numpy_helper
+
+    g = model.graph
+    producers = {o: n for n in g.node for o in n.output}
+    inits = {i.name: i for i in g.initializer}
+    done = 0
+    for node in list(g.node):
+        if node.name not in names or node.op_type not in ("Conv", "ConvTranspose", "Gemm"):
+            continue
+        dq = producers.get(node.input[0])
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[1] not in inits or node.input[1] not in inits:
+            continue
+        scale = numpy_helper.to_array(inits[dq.input[1]])
+        if scale.ndim:
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        w_shape = list(inits[node.input[1]].dims)
+        if node.op_type == "Gemm":
+            if attrs.get("transA", 0):
+                continue
+            channels = w_shape[1] if attrs.get("transB", 0) else w_shape[0]
+        elif node.op_type == "Conv":
+            channels = w_shape[1] * attrs.get("group", 1)
+        else:
+            channels = w_shape[0]
+        new_inputs = [dq.input[0]]
+        for k, arr in ((1, scale), (2, numpy_helper.to_array(inits[dq.input[2]]) if len(dq.input) > 2 else None)):
+            if arr is None:
+                continue
+            t = numpy_helper.from_array(np.full(channels, arr, arr.dtype), f"{node.name}_float_in_{k}")
+            g.initializer.append(t)
+            new_inputs.append(t.name)
+        out = f"{node.name}_float_input"
+        per_channel = onnx.helper.make_node("DequantizeLinear", new_inputs, [out], name=f"{node.name}_float_dq", axis=1)
+        g.node.insert(list(g.node).index(node), per_channel)
+        node.input[0] = out
+        done += 1
+    return done
+
+
+def _set_metadata(model: onnx.ModelProto, key: str, value: dict) -> None:
+    for p in list(model.metadata_props):
+        if p.key == key:
+            model.metadata_props.remove(p)
+    model.metadata_props.add(key=key, value=json.dumps(value, sort_keys=True))
+
+
+def quantization_record(path: Path) -> dict | None:
+    """What a quantized variant says of itself (which nodes were kept float and why), from its metadata."""
+    m = onnx.load(str(path), load_external_data=False)
+    return next((json.loads(p.value) for p in m.metadata_props if p.key == QUANT_RECORD_KEY), None)
+
+
+# The sensitivity pass: which nodes to keep in float, measured on calibration samples only (never the evaluation
+# data). Candidates are the nodes with weights (Conv, Gemm, MatMul); MobileNetV2 has 53.
+SENSITIVITY_SAMPLES = 32     # calibration samples the error is measured on (evenly spread over the set)
+SENSITIVITY_MAX_FLOAT = 8    # at most this many nodes kept float: past that it is no longer an int8 model
+SENSITIVITY_MIN_GAIN = 0.02  # a node is kept float only if it lowers the error by at least 2 % (relative)
+
+
+def _output_error(ref: list[np.ndarray], got: list[np.ndarray]) -> float:
+    """Mean over outputs of the relative squared error ||got - ref||^2 / ||ref||^2: any output kind."""
+    errs = [float(((g.astype(np.float64) - r) ** 2).sum() / max(float((r.astype(np.float64) ** 2).sum()), 1e-30))
+            for r, g in zip(ref, got)]
+    return float(np.mean(errs))
+
+
+@conversion_step("int8_qdq_sensitive")
+def int8_qdq_sensitive(src: Path, dst: Path, calibration: dict[str, np.ndarray] | None, *, batch: int = 1,
+                       calibrate: str = "percentile", samples: int = SENSITIVITY_SAMPLES,
+                       max_float: int = SENSITIVITY_MAX_FLOAT, min_gain: float = SENSITIVITY_MIN_GAIN) -> dict:
+    """Static int8 QDQ (:func:`int8_qdq`) with the layers where int8 hurts most kept in float, chosen by measurement
+    on the calibration set: calibrate once; quantize everything and measure the output error against the float
+    model on ``samples`` calibration samples; then, for each candidate node alone, the error with that node kept
+    float; then greedily keep float the candidates in order of that error while each lowers the error by at least
+    ``min_gain`` (relative), at most ``max_float`` of them. Deterministic (fixed samples, one thread). Returns
+    the record also stored in the model's metadata (``pipeline.quantization``): every node kept float, why, and
+    the errors measured."""
+    model = load_model(src, "int8_qdq_sensitive")
+    data = _validate_calibration(model, calibration, batch, src)
+    n = len(next(iter(data.values())))
+    pick = np.unique(np.linspace(0, n - 1, min(samples, n)).round().astype(int))
+    probe = {k: v[pick] for k, v in data.items()}
+    probe_batch = batch if any(d.HasField("dim_value") for i in graph_inputs(model)
+                               for d in i.type.tensor_type.shape.dim[:1]) else len(pick)
+    with scratch_dir(Path(dst)) as work:
+        pre, per_channel = _quant_input(Path(src), work)
+        cache = work / "calibration.json"
+
+        def outputs(path: Path) -> list[np.ndarray]:
+            sess = ort_session(path, 1)
+            chunks = [sess.run(None, {k: v[i:i + probe_batch] for k, v in probe.items()})
+                      for i in range(0, len(pick), probe_batch)]
+            return [np.concatenate([c[j] for c in chunks]) for j in range(len(chunks[0]))]
+
+        ref = outputs(pre)
+        trial = work / "trial.onnx"
+
+        def error(exclude: list[str]) -> float:
+            _quantize_qdq(pre, trial, data, batch, per_channel, exclude, calibrate, cache)
+            return _output_error(ref, outputs(trial))
+
+        pre_model = onnx.load(str(pre), load_external_data=False)
+        inits = {i.name for i in pre_model.graph.initializer}
+        candidates = [nd for nd in pre_model.graph.node if nd.op_type in ("Conv", "Gemm", "MatMul")
+                      and any(i in inits for i in nd.input[1:2])]
+        ops = {nd.name: nd.op_type for nd in candidates}
+        full = error([])
+        alone = {nd.name: error([nd.name]) for nd in candidates}
+        kept, current, steps = [], full, []
+        for name in sorted(alone, key=lambda c: (alone[c], c)):
+            if len(kept) >= max_float or alone[name] >= full:
+                break
+            e = error(kept + [name])
+            if e <= current * (1 - min_gain):
+                steps.append({"node": name, "op": ops[name], "error_alone": alone[name], "error_before": current,
+                              "error_after": e,
+                              "why": f"kept float: output error on {len(pick)} calibration samples "
+                                     f"{current:.4g} -> {e:.4g} ({100 * (1 - e / current):.1f} % lower)"})
+                kept.append(name)
+                current = e
+        record = {"calibration": {"method": calibrate, "samples": n, "sensitivity_samples": len(pick),
+                                  "per_channel_weights": per_channel, "activations": "uint8", "weights": "int8"},
+                  "error_metric": "mean over outputs of ||int8 - float||^2 / ||float||^2 on calibration samples",
+                  "error_all_int8": full, "error": current, "candidates": len(candidates),
+                  "float_nodes": steps,
+                  "rule": {"max_float": max_float, "min_gain": min_gain}}
+        with model_output(Path(dst)) as staged:
+            _quantize_qdq(pre, staged, data, batch, per_channel, kept, calibrate, cache)
+            q = onnx.load(str(staged))
+            _set_metadata(q, QUANT_RECORD_KEY, record)
+            save_model(q, staged)
+            onnx.checker.check_model(str(staged))
+            _ort_loads(staged, "int8_qdq_sensitive")
+    return record
 
 
 def _at_least_opset13(path: Path, work: Path) -> tuple[Path, bool]:
