@@ -254,7 +254,8 @@ def test_excluded_node_stays_float(tmp_path):
 
 def test_sensitivity_pass_is_measured_on_calibration_and_deterministic(tmp_path):
     src = _two_convs(tmp_path / "two.onnx")
-    calib = {"input": np.random.default_rng(2).standard_normal((24, 3, 8, 8)).astype(np.float32)}
+    # 22 samples in batches of 4: onnxruntime's Percentile calibration breaks on a smaller last batch (fed 2 x 11)
+    calib = {"input": np.random.default_rng(2).standard_normal((22, 3, 8, 8)).astype(np.float32)}
     rec = [conv.int8_qdq_sensitive(src, tmp_path / f"s{i}.onnx", calib, batch=4, samples=8, min_gain=0.0)
            for i in range(2)]
     assert rec[0] == rec[1] == conv.quantization_record(tmp_path / "s0.onnx")

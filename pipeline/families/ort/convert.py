@@ -291,6 +291,11 @@ def _quantize_qdq(pre: Path, out: Path, data: dict, batch: int, per_channel: boo
     unknown = sorted(set(exclude) - known)
     if unknown:
         raise ConversionError(f"int8_qdq: nodes to keep in float not in the model: {unknown}")
+    n = len(next(iter(data.values())))
+    if calibrate == "percentile" and n % batch:
+        # onnxruntime's histogram collector stacks every batch's tensors: a smaller last batch breaks it. Validated
+        # above: a fixed batch dimension divides the samples, so here the batch dimension is dynamic.
+        batch = max(d for d in range(1, batch + 1) if n % d == 0)
     quantize_static(
         str(pre),
         str(out),
