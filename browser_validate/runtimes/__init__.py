@@ -25,7 +25,7 @@ class RuntimeInfo:
     targets: tuple[str, ...]
     static_mount: tuple[str, Path] | None = None  # (URL prefix, directory)
     # Browser features each target of this runtime needs (the registry lists them; a loader probes them).
-    # Vocabulary: wasm, wasm-simd, wasm-relaxed-simd, wasm-threads, webgpu, shader-f16, webgl2.
+    # Vocabulary: wasm, wasm-simd, wasm-relaxed-simd, wasm-jspi, wasm-threads, webgpu, shader-f16, webgl2.
     features: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # Whether its wasm backend runs the thread count it is given (wasm threads); False: one thread whatever is
     # asked, so it is measured at one count only.
@@ -64,7 +64,7 @@ RUNTIMES: dict[str, RuntimeInfo] = {
         targets=("wasm", "webgpu"),
         static_mount=("/litert/", NODE_MODULES / "@litertjs"),
         features={"wasm": ("wasm", "wasm-simd", "wasm-relaxed-simd"),
-                  "webgpu": ("webgpu", "wasm-simd", "wasm-relaxed-simd")},
+                  "webgpu": ("webgpu", "wasm-simd", "wasm-relaxed-simd", "wasm-jspi")},  # its JSPI build (litert.js)
     ),
 }
 

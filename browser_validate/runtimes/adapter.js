@@ -121,7 +121,7 @@ const RELAXED_SIMD_PROBE = new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1,
  * What this browser can run, by capability rather than by presence: a WebGPU adapter is requested and its
  * features and fallback (software) status read; WebGL2 gets a context; wasm SIMD is validated on a tiny module;
  * wasm threads need cross-origin isolation and SharedArrayBuffer. `features` uses the registry's vocabulary
- * (required_features): wasm, wasm-simd, wasm-relaxed-simd, wasm-threads, webgpu, shader-f16, webgl2.
+ * (required_features): wasm, wasm-simd, wasm-relaxed-simd, wasm-jspi, wasm-threads, webgpu, shader-f16, webgl2.
  * @returns {Promise<{features: string[], webgpu: object|null, webgl: object|null, crossOriginIsolated: boolean}>}
  */
 export async function probeCapabilities() {
@@ -160,6 +160,7 @@ function wasmFeatures() {
   const features = ['wasm'];
   if (WebAssembly.validate(SIMD_PROBE)) features.push('wasm-simd');
   if (WebAssembly.validate(RELAXED_SIMD_PROBE)) features.push('wasm-relaxed-simd');
+  if ('Suspending' in WebAssembly) features.push('wasm-jspi');  // JS promise integration
   if (self.crossOriginIsolated && typeof SharedArrayBuffer !== 'undefined') features.push('wasm-threads');
   return features;
 }

@@ -32,6 +32,10 @@ const BUILDS = {
   plain: 'litert_wasm_internal',        // relaxed SIMD, one thread
   threaded: 'litert_wasm_threaded_internal',  // relaxed SIMD + pthreads (SharedArrayBuffer: cross-origin isolated)
   compat: 'litert_wasm_compat_internal',  // no relaxed SIMD
+  // JSPI (WebAssembly.Suspending): what LiteRT.js needs to run a model partly on WebGPU and partly on wasm. Where
+  // JSPI exists LiteRT.js partitions a model its WebGPU delegate cannot take whole, and only this build can run
+  // that ("Asyncify is not defined" from the others); so WebGPU loads it.
+  jspi: 'litert_wasm_jspi_internal',
 };
 const ACCELERATOR_FOR_TARGET = {wasm: 'wasm', webgpu: 'webgpu'};
 const MANIFEST = 'litert_manifest.json';
@@ -87,6 +91,11 @@ function logLine(text) {
   const line = String(text);
   if (/^(INFO|VERBOSE|DEBUG)\b|^I\d{4} /.test(line)) console.info(line);  // LiteRT's own, or absl's "I1126 ..."
   else if (/^WARNING\b|^W\d{4} /.test(line)) console.warn(line);
+  // The GPU delegate's list of ops it leaves to the CPU (logged as ERROR, then partitioned, not failed): a
+  // warning; env.fullyAccelerated records it (and the report's CPU fallback column).
+  else if (/^ERROR: Following operations are not supported by GPU delegate|^[A-Z0-9_]+: (Not supported op|Operation is not supported)|operations will run on the (GPU|CPU)/.test(line)) {
+    console.warn(line);
+  }
   else console.error(line);
 }
 
@@ -110,10 +119,12 @@ function lendImportScripts() {
   return () => { if (own) Object.defineProperty(self, 'importScripts', own); else delete self.importScripts; };
 }
 
-async function loadRuntime(threads, runtime) {
+async function loadRuntime(threads, runtime, target) {
   const relaxedSimd = await litert.supportsFeature('relaxedSimd');
   let build = relaxedSimd ? 'plain' : 'compat';
-  if (threads > 1) {
+  if (target === 'webgpu' && 'Suspending' in WebAssembly) {
+    build = 'jspi';
+  } else if (threads > 1) {
     if (!relaxedSimd) throw new Error('litert: threads need relaxed SIMD (LiteRT.js has no threaded build without it)');
     if (!self.crossOriginIsolated) throw new Error('litert: threads need a cross-origin isolated page (COOP/COEP)');
     build = 'threaded';
@@ -150,7 +161,7 @@ export async function load({files, target, threads, runtime}) {
   if (!accelerator) throw new Error(`litert: does not run on target ${target}`);
   threads = Math.max(1, threads || 1);
   await importCore(runtime);
-  await loadRuntime(threads, runtime);
+  await loadRuntime(threads, runtime, target);
   targetUsed = target;
   threadsAsked = threads;
   const [entry, ...rest] = files;

@@ -104,7 +104,7 @@ def test_variant_specs_and_runtime_row():
     assert prefix == "/litert/"
     for f in ("core/dist/index.js", "core/package.json", "wasm-utils/dist/index.js",
               "core/wasm/litert_wasm_internal.js", "core/wasm/litert_wasm_internal.wasm",
-              "core/wasm/litert_wasm_threaded_internal.js"):
+              "core/wasm/litert_wasm_threaded_internal.js", "core/wasm/litert_wasm_jspi_internal.wasm"):
         assert (root / f).is_file(), f"{f} not installed (npm ci in browser_validate/)"
     assert json.loads((root / "core" / "package.json").read_text())["version"] == "2.5.3"
 
@@ -241,7 +241,9 @@ def test_browser_matches_interpreter(built, variant, target):
     env = res.env
     assert (env["runtime"], env["version"], env["target"]) == ("litert", "2.5.3", target)
     assert env["backend"] == env["accelerator"] == target  # what LiteRT.js compiled for, not merely what was asked
-    assert env["threads"] == env["wasmThreads"] == 1 and env["build"] == "litert_wasm_internal"
+    # WebGPU runs on LiteRT.js's JSPI build (WebGPU/wasm partitioning needs it; Chromium has JSPI)
+    assert env["threads"] == env["wasmThreads"] == 1
+    assert env["build"] == ("litert_wasm_jspi_internal" if target == "webgpu" else "litert_wasm_internal")
     if target == "webgpu":
         assert env["fullyAccelerated"] is True and env["webGpuDevice"] is True
     # SwiftShader here: WebGPU is a correctness check (one timed run, the first 8 samples).
@@ -250,8 +252,9 @@ def test_browser_matches_interpreter(built, variant, target):
     assert n == (8 if target == "webgpu" else 12)
     err = _close(res.outputs["logits"], built["native"][variant][:n], BROWSER_TOL[variant], f"{variant} on {target}")
     urls = {f["url"] for f in res.runtime_files}
+    build = "litert_wasm_jspi_internal" if target == "webgpu" else "litert_wasm_internal"
     assert {"/runtimes/litert.js", "/litert/core/dist/index.js", "/litert/wasm-utils/dist/index.js",
-            "/litert/core/wasm/litert_wasm_internal.wasm"} <= urls
+            f"/litert/core/wasm/{build}.wasm"} <= urls
     print(f"{variant} {target}: max abs error vs interpreter {err:.3g}, browser median "
           f"{float(np.median(res.latency_ms)):.3f} ms, session {res.session_ms:.0f} ms")
 

@@ -11,7 +11,7 @@ export interface Tensor {
 }
 
 export interface Capabilities {
-  /** In the registry's vocabulary: wasm, wasm-simd, wasm-relaxed-simd, wasm-threads, webgpu, shader-f16, webgl2. */
+  /** In the registry's vocabulary: wasm, wasm-simd, wasm-relaxed-simd, wasm-jspi, wasm-threads, webgpu, shader-f16, webgl2. */
   features: string[];
   webgpu: null | {vendor?: string; architecture?: string; description?: string; isFallbackAdapter?: boolean;
                   features?: string[]; error?: string};
