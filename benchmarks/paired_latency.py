@@ -67,6 +67,9 @@ def main() -> int:
     lines = [
         "# Paired native vs browser latency (demo models)",
         "",
+        f"Made by `.venv/bin/python benchmarks/paired_latency.py {' '.join(sys.argv[1:])}` from the build in "
+        f"`{a.artifacts}` (recipes: {', '.join(sorted(index['models']))}).",
+        "",
         f"Measured {datetime.now(timezone.utc):%Y-%m-%d} on {platform.machine()}, {platform.python_version()}, "
         f"{chromium}; `nproc`={os.cpu_count()}, no GPU (WebGPU is SwiftShader, a software adapter: a correctness "
         "check, not speed). Native = CPU at the same thread count as the browser row (the variant itself in "
