@@ -715,8 +715,7 @@ class SelectAndPublish(RecipeTask):
                 nat = native[v] if n == "1" else {**native[f"{v}@{n}"], "accuracy": native[v].get("accuracy")}
                 candidates.append(candidate(self.recipe, v, variant(v).runtime, t, res, files, nat,
                                             device_class=host(h).device_class,
-                                            threads=int(nat.get("threads") or os.cpu_count() or 1) if n == "cores"
-                                            else int(n)))
+                                            threads=deps.get(f"native:{v}@{n}", deps[f"native:{v}"]).thread_count()))
         # Published under the content this build's key was computed from (publish refuses a file changed since).
         assets = {name: {"src": str(path), "sha256": self.fingerprint()["assets"][name]}
                   for name, path in self.recipe.asset_paths().items()}

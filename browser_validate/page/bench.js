@@ -199,9 +199,7 @@ async function bench(cfg) {
     // The one place that decides what is a software GPU: Python reads this verdict for the device record.
     res.env.software_gpu = cfg.target === 'wasm' ? null : isSoftwareGpu(cfg.target, probe.info);
     // ... and its outputs on a few samples are what a correctness check needs (each sample can take seconds there).
-    let correctness = false;
     if (cfg.softwareGpu === 'correctness' && res.env.software_gpu) {
-      correctness = true;
       cfg = {...cfg, warmup: 0, runs: 1, qoe: null};
       res.env.correctness_only = `software GPU adapter: outputs checked on the first ${cfg.correctnessSamples} ` +
         'evaluation samples, one timed run, no user-experience probe';
@@ -220,7 +218,7 @@ async function bench(cfg) {
       inputs.push({...inp, array: new Typed(await fetchBuffer(cfg.jobBase + inp.file))});
     }
     let n = manifest.num_samples;
-    if (correctness && cfg.correctnessSamples < n) {
+    if (res.env.correctness_only && cfg.correctnessSamples < n) {
       // Whole sequences for a stateful model: the state must start where the data's sequences start.
       const seq = cfg.feedback ? cfg.sequenceLength : 1;
       n = Math.min(n, Math.ceil(cfg.correctnessSamples / seq) * seq);

@@ -74,7 +74,7 @@ def measure_in_browser(recipe, spec, target: str, files: list[Path], inputs: dic
 
     res = measure(req, on_stage=on_stage)
     record = {**res.to_json(), "device": device(host, res.env, target)}
-    fallback = cpu_fallback(target, (res.env or {}).get("console", []), res.env)
+    fallback = cpu_fallback(target, res.env)
     if fallback:
         record["cpu_fallback"] = fallback
     if res.status == "unsupported":
@@ -116,14 +116,15 @@ def device(host, env: dict, target: str) -> dict:
 ORT_CPU_FALLBACK = "not assigned to the preferred execution providers"
 
 
-def cpu_fallback(target: str, console: list[str], env: dict | None = None) -> str | None:
-    """Why part of a GPU-target candidate runs on the CPU, from the runtime's own log or report (None: nothing
-    says so)."""
+def cpu_fallback(target: str, env: dict | None) -> str | None:
+    """Why part of a GPU-target candidate runs on the CPU, from what the page recorded (`env`: the runtime's own
+    report and its console log; None: nothing says so)."""
+    env = env or {}
     if not TARGETS[target].gpu:
         return None
-    if (env or {}).get("fullyAccelerated") is False:  # LiteRT.js: CompiledModel.isFullyAccelerated()
+    if env.get("fullyAccelerated") is False:  # LiteRT.js: CompiledModel.isFullyAccelerated()
         return "LiteRT.js did not compile the whole model for the GPU: part of it runs on its wasm CPU kernels"
-    if any(ORT_CPU_FALLBACK in line for line in console):
+    if any(ORT_CPU_FALLBACK in line for line in env.get("console", [])):
         return ("onnxruntime placed some nodes on its CPU provider (VerifyEachNodeIsAssignedToAnEp): data moves "
                 "between GPU and CPU during inference")
     return None

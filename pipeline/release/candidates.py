@@ -36,7 +36,7 @@ def candidate(recipe, variant: str, runtime: str, target: str, measured: dict, f
     return c
 
 
-def required_features(recipe, c: Candidate) -> list[str]:
+def required_features(c: Candidate) -> list[str]:
     """The browser features this candidate needs: its runtime's for the target, the variant's own (e.g. shader-f16
     for fp16 on WebGPU), and wasm threads when measured with more than one thread."""
     from browser_validate.runtimes import RUNTIMES
@@ -49,7 +49,7 @@ def required_features(recipe, c: Candidate) -> list[str]:
     return list(dict.fromkeys(feats))
 
 
-def candidate_entry(recipe, c: Candidate) -> dict:
+def candidate_entry(c: Candidate) -> dict:
     """One candidate as the index lists it: what to load (model files, runtime files), how (options, features),
     and what it measured (native figures at its own thread count)."""
     from browser_validate.runtimes import RUNTIMES
@@ -59,7 +59,7 @@ def candidate_entry(recipe, c: Candidate) -> dict:
         "runtime": c.runtime, "runtime_version": rec.get("env", {}).get("version"),
         "backend": c.target, "variant": c.variant,
         "runtime_options": {"threads": c.threads, "cross_origin_isolated": c.threads > 1},
-        "required_features": required_features(recipe, c),
+        "required_features": required_features(c),
         "files": rec["files"],
         "runtime_entry": f"runtimes/{RUNTIMES[c.runtime].js}",
         "runtime_files": rec.get("runtime_files", []),
@@ -82,7 +82,7 @@ def candidate_entry(recipe, c: Candidate) -> dict:
     }
 
 
-def target_entry(recipe, d: Decision) -> dict:
+def target_entry(d: Decision) -> dict:
     """The index's record of one target: the winner and every eligible candidate after it (the fallbacks a loader
     walks when the browser cannot run the winner), or why nothing qualified."""
     where = {"device_class": d.device_class} if d.device_class else {}
@@ -91,7 +91,7 @@ def target_entry(recipe, d: Decision) -> dict:
     return {
         "status": "chosen", "reason": d.reason, **where,
         **({"provisional": True, "provisional_reason": d.provisional} if d.provisional else {}),
-        "fallbacks": [candidate_entry(recipe, c) for c in d.ranking],
+        "fallbacks": [candidate_entry(c) for c in d.ranking],
         # Which runtime/variant came next and how far behind: "by how much" the winner won.
         "runner_up": ({"runtime": d.ranking[1].runtime, "variant": d.ranking[1].variant,
                        "threads": d.ranking[1].threads,
@@ -129,17 +129,17 @@ def select_and_publish(recipe, build_key: str, candidates: list[Candidate], nati
 
     s = recipe.selection
     decisions, targets = [], {}
+    # selection.threads "single": only 1-thread candidates compete (the others stay in the report).
+    competing = [c for c in candidates if s.threads == "all" or c.threads == 1]
     for t in recipe.targets:
         # Per device class (the class of the hosts that measured it), in the order the hosts are configured.
         classes = list(dict.fromkeys(c.device_class for c in candidates if c.target == t)) or [None]
-        # selection.threads "single": only 1-thread candidates compete (the others stay in the report).
-        competing = [c for c in candidates if s.threads == "all" or c.threads == 1]
         mine = [select(t, competing, s.tie_tolerance, s.objectives, s.goals, device_class=k) for k in classes]
         decisions += mine
         lead = primary(mine)
-        targets[t] = target_entry(recipe, lead)
+        targets[t] = target_entry(lead)
         if len(mine) > 1:
-            targets[t]["device_classes"] = {d.device_class: target_entry(recipe, d) for d in mine}
+            targets[t]["device_classes"] = {d.device_class: target_entry(d) for d in mine}
     entry = {"description": recipe.description, "recipe": str(recipe.path), "build_key": build_key,
              "build_inputs": build_inputs or {},
              "budget": recipe.budget.model_dump(mode="json"), "release": recipe.release.model_dump(mode="json"),

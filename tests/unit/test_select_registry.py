@@ -287,10 +287,11 @@ def test_selection_per_device_class_and_software_gpu_is_provisional():
 
     ort_log = ["error: 2026-11-25 [W:onnxruntime:, session_state.cc:1397 VerifyEachNodeIsAssignedToAnEp] Some nodes "
                "were not assigned to the preferred execution providers which may or may not have an negative impact"]
-    assert "CPU provider" in cpu_fallback("webgpu", ort_log)
-    assert cpu_fallback("wasm", ort_log) is None and cpu_fallback("webgpu", ["log: fine"]) is None
-    assert "LiteRT.js" in cpu_fallback("webgpu", [], {"fullyAccelerated": False})
-    assert cpu_fallback("webgpu", [], {"fullyAccelerated": True}) is None
+    assert "CPU provider" in cpu_fallback("webgpu", {"console": ort_log})
+    assert cpu_fallback("wasm", {"console": ort_log}) is None
+    assert cpu_fallback("webgpu", {"console": ["log: fine"]}) is None
+    assert "LiteRT.js" in cpu_fallback("webgpu", {"fullyAccelerated": False})
+    assert cpu_fallback("webgpu", {"fullyAccelerated": True}) is None
 
     def gpu_cand(variant, median, cls, adapter):
         c = cand(variant, target="webgpu", median=median)
@@ -357,9 +358,6 @@ def test_samples_of_different_sizes_are_fed_at_their_own_size():
 def test_thread_counts_compete_and_one_thread_stays_for_pages_without_isolation():
     """Each thread count is its own candidate, paired with native at that count; the index's options and features
     follow the candidate's count, so a loader on a page without cross-origin isolation walks to a 1-thread one."""
-    from types import SimpleNamespace
-
-    from pipeline.recipe import Selection
     from pipeline.release.candidates import candidate_entry, required_features
 
     def threaded(variant, median, threads):
@@ -376,9 +374,8 @@ def test_thread_counts_compete_and_one_thread_stays_for_pages_without_isolation(
     d = select("wasm", cands)
     assert (d.chosen.variant, d.chosen.threads) == ("fp32", 2) and "(2 threads)" in d.chosen.label
     assert [(c.variant, c.threads) for c in d.ranking] == [("fp32", 2), ("simplified", 1), ("fp32", 1)]
-    recipe = SimpleNamespace(selection=Selection())
-    top, single = candidate_entry(recipe, d.ranking[0]), candidate_entry(recipe, d.ranking[1])
+    top, single = candidate_entry(d.ranking[0]), candidate_entry(d.ranking[1])
     assert top["runtime_options"] == {"threads": 2, "cross_origin_isolated": True}
-    assert "wasm-threads" in top["required_features"] and "wasm-threads" not in required_features(recipe, d.ranking[1])
+    assert "wasm-threads" in top["required_features"] and "wasm-threads" not in required_features(d.ranking[1])
     assert single["runtime_options"] == {"threads": 1, "cross_origin_isolated": False}
     assert top["metrics"]["native_latency_ms"]["median"] == pytest.approx(2.5 / 3)  # native at the same count
