@@ -715,7 +715,8 @@ class SelectAndPublish(RecipeTask):
                 nat = native[v] if n == "1" else {**native[f"{v}@{n}"], "accuracy": native[v].get("accuracy")}
                 candidates.append(candidate(self.recipe, v, variant(v).runtime, t, res, files, nat,
                                             device_class=host(h).device_class,
-                                            threads=deps.get(f"native:{v}@{n}", deps[f"native:{v}"]).thread_count()))
+                                            threads=deps.get(f"native:{v}@{n}", deps[f"native:{v}"]).thread_count(),
+                                            quantization=task.requires()["variant"].result().get("quantization")))
         # Published under the content this build's key was computed from (publish refuses a file changed since).
         assets = {name: {"src": str(path), "sha256": self.fingerprint()["assets"][name]}
                   for name, path in self.recipe.asset_paths().items()}

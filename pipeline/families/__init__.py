@@ -62,6 +62,9 @@ class VariantSpec:
     description: str = ""
     native: str | None = "ort"  # how to run it natively for paired latency (None: the canonical model instead)
     prerequisites: tuple[str, ...] = ()  # names of PrerequisiteSpecs whose folders the build reads
+    # What the built model says of its quantization, read from its entry file (layers kept float and why, the
+    # figures measured: see kept_float()); kept in the variant's result as "quantization".
+    quantization_record: Callable[[Path], dict | None] | None = None
     family: str = ""  # filled in by register()
 
 
@@ -190,5 +193,20 @@ def build_variant(spec: VariantSpec, inputs: BuildInputs, out_dir: Path) -> dict
     files = spec.build(inputs, out_dir)
     if not files:
         raise ConversionError(f"{spec.name}: the build returned no files")
-    return {"variant": spec.name, "family": spec.family, "runtime": spec.runtime,
-            "files": [Path(f).name for f in files], "bytes": sum(Path(f).stat().st_size for f in files)}
+    record = {"variant": spec.name, "family": spec.family, "runtime": spec.runtime,
+              "files": [Path(f).name for f in files], "bytes": sum(Path(f).stat().st_size for f in files)}
+    if spec.quantization_record is not None:
+        record["quantization"] = spec.quantization_record(Path(files[0]))
+    return record
+
+
+def kept_float(quantization: dict | None) -> str | None:
+    """One line for a report: the layers a mixed-precision variant kept float and why (its quantization record's
+    ``float_nodes``, each with its node, op and measured ``why``), or that it kept none."""
+    if not quantization:
+        return None
+    nodes = quantization.get("float_nodes") or []
+    if not nodes:
+        return "kept float: none (all layers int8)"
+    return "kept float: " + "; ".join(f"{n['node']} ({n.get('op', '?')}: {n['why'].removeprefix('kept float: ')})"
+                                      for n in nodes)

@@ -16,14 +16,17 @@ LATENCY_FIELDS = ("median", "p90", "iqr")
 
 
 def candidate(recipe, variant: str, runtime: str, target: str, measured: dict, files: list[Path],
-              native: dict, device_class: str | None = None, threads: int = 1) -> Candidate:
+              native: dict, device_class: str | None = None, threads: int = 1,
+              quantization: dict | None = None) -> Candidate:
     """A browser measurement (a BrowserMeasure result) as a Candidate, judged against the recipe's budget;
     `native` is the native side at the same thread count; `threads` the count asked for (the page's own count when
-    it reports one)."""
+    it reports one); `quantization` what the variant's build recorded of its quantization (layers kept float)."""
     c = Candidate(variant=variant, runtime=runtime, target=target, status=measured["status"], record=measured,
                   device_class=device_class or (measured.get("device") or {}).get("class"),
                   threads=int((measured.get("env") or {}).get("threads") or threads))
     c.record["native"] = {k: native.get(k) for k in NATIVE_FIELDS}
+    if quantization is not None:
+        c.record["quantization"] = quantization
     # What gets published: the measured files, each with the content the browser measured (checked on publish).
     hashes = measured.get("measured_files", {})
     c.record["files"] = [{"src": str(f), "sha256": hashes.get(Path(f).name)} for f in files] \

@@ -5,6 +5,7 @@ import html
 from pathlib import Path
 from typing import Callable
 
+from pipeline.families import kept_float
 from pipeline.fsutil import write_bytes_atomic
 
 
@@ -35,6 +36,7 @@ def candidate_rows(candidates) -> list[dict]:
                                         "missed_detection_rate", "extra_detection_rate", "min_box_iou")},
             "console_errors": rec.get("console_errors", [])[:5], "env": rec.get("env"),
             "ship_in": (rec.get("ship_mode") or {}).get("mode"),
+            "kept_float": kept_float(rec.get("quantization")),
             **{f"{mode}_{k}": _qoe(rec, mode, k) for mode in ("main", "worker")
                for k in ("fps", "dropped_frames", "input_delay_p95_ms")},
         })
@@ -93,7 +95,7 @@ COLUMNS = [("variant", "variant"), ("runtime", "runtime"), ("threads", "threads"
            ("main_fps", "fps (main)"), ("main_input_delay_p95_ms", "input delay p95 ms (main)"),
            ("worker_fps", "fps (worker)"), ("worker_input_delay_p95_ms", "input delay p95 ms (worker)"),
            ("cpu_fallback", "CPU fallback"), ("ship_in", "ship in"),
-           ("reasons", "why not")]
+           ("kept_float", "layers kept float (why)"), ("reasons", "why not")]
 
 
 ALWAYS = {"variant", "runtime", "status", "median_ms", "reasons"}

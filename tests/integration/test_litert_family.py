@@ -31,9 +31,11 @@ SAVED_MODEL = all_prerequisites()["saved_model"]
 WIDTH = 48  # conv weights 48x3x3x3 = 1296 >= 1024 elements: dynamic-range int8 has a tensor to quantize
 # Browser against the interpreter running the same file, relative to the largest output magnitude: the same XNNPACK
 # kernels on wasm; WebGPU computes float32 on SwiftShader (no shader-f16), int8 with its own kernels.
-BROWSER_TOL = {"litert_fp32": 1e-5, "litert_fp16": 1e-4, "litert_int8_dynamic": 2e-2, "litert_int8": 2e-2}
+BROWSER_TOL = {"litert_fp32": 1e-5, "litert_fp16": 1e-4, "litert_int8_dynamic": 2e-2, "litert_int8": 2e-2,
+               "litert_int8_mixed": 2e-2}
 # The interpreter against PyTorch.
-REFERENCE_TOL = {"litert_fp32": 1e-5, "litert_fp16": 5e-3, "litert_int8_dynamic": 5e-2, "litert_int8": 5e-2}
+REFERENCE_TOL = {"litert_fp32": 1e-5, "litert_fp16": 5e-3, "litert_int8_dynamic": 5e-2, "litert_int8": 5e-2,
+                 "litert_int8_mixed": 5e-2}
 
 
 def recipe_dict(**fields) -> dict:
@@ -94,10 +96,12 @@ def _close(got: np.ndarray, want: np.ndarray, tol: float, what: str) -> float:
 
 
 def test_variant_specs_and_runtime_row():
-    assert set(VARIANTS) == {"litert_fp32", "litert_fp16", "litert_int8_dynamic", "litert_int8"}
+    assert set(VARIANTS) == {"litert_fp32", "litert_fp16", "litert_int8_dynamic", "litert_int8", "litert_int8_mixed"}
     for s in VARIANTS.values():
         assert (s.family, s.runtime, s.native, s.prerequisites) == ("litert", "litert", "litert", ("saved_model",))
-        assert s.targets == ("wasm", "webgpu") and s.needs_calibration == (s.name == "litert_int8")
+        assert s.targets == ("wasm", "webgpu")
+        assert s.needs_calibration == (s.name in ("litert_int8", "litert_int8_mixed"))
+        assert (s.quantization_record is not None) == (s.name == "litert_int8_mixed")
     rt = RUNTIMES["litert"]
     assert rt.js == "litert.js" and rt.targets == ("wasm", "webgpu")
     prefix, root = rt.static_mount
@@ -159,7 +163,9 @@ def test_files_and_manifest(built):
         models.no_temp_files(files[0].parent)
         man = json.loads(files[1].read_text())
         assert man["quantization"] == {"litert_fp32": None, "litert_fp16": "float16",
-                                       "litert_int8_dynamic": "dynamic_int8", "litert_int8": "int8"}[name]
+                                       "litert_int8_dynamic": "dynamic_int8", "litert_int8": "int8",
+                                       "litert_int8_mixed": "int8_mixed"}[name]
+        assert ("quantization_record" in man) == (name == "litert_int8_mixed")
         (i,), (o,) = man["inputs"], man["outputs"]
         # The recipe's names, layout and float32 I/O; the static shape LiteRT.js runs (a dynamic batch as 1).
         assert (i["name"], i["dtype"], i["shape"], i["batch_axis"], i["layout"]) == \
@@ -196,6 +202,69 @@ def test_native_record(built):
     assert rec["session_ms"] > 0 and rec["first_inference_ms"] > 0
 
 
+def _float_layers(model: bytes) -> dict[str, list[str]]:
+    """Each tensor an op produces, by name -> [op, its output's dtype, the dtypes of its inputs (weights included)],
+    read from the flatbuffer without a delegate."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    it = Interpreter(model_content=model, num_threads=1,
+                     experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    tensors = {d["index"]: d for d in it.get_tensor_details()}
+    out = {}
+    for op in it._get_ops_details():
+        for o in op["outputs"]:
+            if o in tensors:
+                out[tensors[o]["name"]] = [op["op_name"], np.dtype(tensors[o]["dtype"]).name,
+                                           *[np.dtype(tensors[i]["dtype"]).name for i in op["inputs"] if i in tensors]]
+    return out
+
+
+@pytest.mark.toolchain
+def test_int8_mixed_keeps_the_layers_it_names_float(built, tmp_path):
+    """litert_int8_mixed's sensitivity pass, on calibration samples: with a budget that bounds no top-1 agreement
+    it lowers the output error; every layer it names is float in the .tflite (its op's output and weights
+    float32), the rest stays int8; the record says why with the measured errors, and the variant's build record,
+    the report's candidate row and kept_float() carry it."""
+    from pipeline.families import build_variant, kept_float
+    from pipeline.release.candidates import candidate
+    from pipeline.release.report import candidate_rows
+
+    recipe = Recipe.model_validate(recipe_dict(budget={"max_abs_error": 10.0}))
+    calib = {"input": models.samples(n=32, seed=7).inputs["input"]}
+    files = litert.saved_model_to_tflite(built["root"] / "Prerequisite-saved_model" / "saved_model",
+                                         tmp_path / "mixed", quantization="int8_mixed", calibration=calib,
+                                         recipe=recipe)
+    man = json.loads(files[1].read_text())
+    rec = man["quantization_record"]
+    assert rec == litert.quantization_record(files[0]) and "goal" not in rec  # no top-1 bound: the error decides
+    kept = rec["float_nodes"]
+    assert kept, f"nothing kept float: {rec['tried']}"  # int8 error on a 48-channel CNN: a float conv lowers it
+    assert len(kept) <= rec["rule"]["max_float"] and rec["result"]["error"] < rec["all_int8"]["error"]
+    layers = _float_layers(files[0].read_bytes())
+    for step in kept:
+        op, out_dtype, *in_dtypes = layers[step["node"]]
+        # float output, float data and weights (an axis or shape input stays int32), nothing int8
+        assert out_dtype == "float32" and "float32" in in_dtypes and not {"int8", "uint8"} & set(in_dtypes), \
+            (step["node"], op, in_dtypes)
+        assert step["error_after"] <= step["error_before"] * (1 - rec["rule"]["min_gain"])
+        assert "rmse/scale" in step["why"] and "calibration samples" in step["why"]
+    assert any("int8" in d for name, d in layers.items() if name not in {s["node"] for s in kept})
+    assert man["tensor_dtypes"]["int8"] > 0 and rec["calibration"]["samples"] == 32
+    # The default recipe (top-1 bound 0.9): whatever it keeps, the build record and the report say so.
+    spec = VARIANTS["litert_int8_mixed"]
+    out = tmp_path / "Variant-litert_int8_mixed"
+    inputs = BuildInputs(canonical_onnx=built["root"] / "canonical.onnx", calibration=calib, recipe=recipe,
+                         prerequisites={"saved_model": built["root"] / "Prerequisite-saved_model"})
+    got = build_variant(spec, inputs, out)
+    assert got["quantization"] == litert.quantization_record(out / "model.tflite")
+    line = kept_float(got["quantization"])
+    assert line.startswith("kept float: ") and all(s["node"] in line for s in got["quantization"]["float_nodes"])
+    skipped = {"status": "skipped", "stage": "native", "error": "outside the budget natively"}
+    c = candidate(recipe, "litert_int8_mixed", "litert", "wasm", skipped, [], {"status": "ok"},
+                  quantization=got["quantization"])
+    assert candidate_rows([c])[0]["kept_float"] == line
+
+
 @pytest.mark.toolchain
 def test_unsupported_op_is_named(tmp_path):
     """tf.linalg.det has no TFLite builtin (only TF Select, which LiteRT.js lacks): the op is named, nothing kept."""
@@ -225,7 +294,7 @@ def test_unsupported_op_is_named(tmp_path):
 # ------------------------------------------------------------------------------------------- browser
 
 BROWSER_CASES = [(v, t) for v in ("litert_fp32", "litert_fp16", "litert_int8_dynamic", "litert_int8")
-                 for t in ("wasm", "webgpu")]
+                 for t in ("wasm", "webgpu")] + [("litert_int8_mixed", "wasm")]  # float islands in an int8 model
 
 
 @pytest.mark.toolchain

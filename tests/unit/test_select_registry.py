@@ -379,3 +379,40 @@ def test_thread_counts_compete_and_one_thread_stays_for_pages_without_isolation(
     assert "wasm-threads" in top["required_features"] and "wasm-threads" not in required_features(d.ranking[1])
     assert single["runtime_options"] == {"threads": 1, "cross_origin_isolated": False}
     assert top["metrics"]["native_latency_ms"]["median"] == pytest.approx(2.5 / 3)  # native at the same count
+
+
+def test_layers_kept_float_are_reported_from_one_record_shape(tmp_path):
+    """A mixed-precision variant's record (ORT int8_qdq_mixed's metadata, LiteRT litert_int8_mixed's manifest: the
+    same float_nodes shape) becomes one report line per candidate, skipped ones included, and in the HTML table;
+    variants without a record have none."""
+    from types import SimpleNamespace
+
+    from pipeline.families import kept_float, variant
+    from pipeline.families.litert import convert as litert
+    from pipeline.families.ort import convert as ort
+    from pipeline.release.candidates import candidate
+    from pipeline.release.report import candidate_rows, write_html_report
+
+    assert variant("int8_qdq_mixed").quantization_record is ort.quantization_record
+    assert variant("litert_int8_mixed").quantization_record is litert.quantization_record
+    assert variant("int8_qdq").quantization_record is None and variant("litert_int8").quantization_record is None
+    rec = {"float_nodes": [{"node": "/features.0/Conv", "op": "Conv",
+                            "why": "kept float: output error on 32 calibration samples 0.2 -> 0.1 (50.0 % lower)"},
+                           {"node": "/classifier/Gemm", "op": "Gemm", "why": "kept float: 0.1 -> 0.09"}]}
+    line = kept_float(rec)
+    assert line == ("kept float: /features.0/Conv (Conv: output error on 32 calibration samples 0.2 -> 0.1 "
+                    "(50.0 % lower)); /classifier/Gemm (Gemm: 0.1 -> 0.09)")
+    assert kept_float({"float_nodes": []}) == "kept float: none (all layers int8)" and kept_float(None) is None
+    recipe = SimpleNamespace(budget=Budget(min_top1_agreement=0.95))
+    def skipped():
+        return {"status": "skipped", "stage": "native", "error": "top-1 agreement 0.89 < 0.95 natively"}
+
+    rows = candidate_rows([candidate(recipe, "int8_qdq_mixed", "ort", "wasm", skipped(), [], {"status": "ok"},
+                                     quantization=rec),
+                           candidate(recipe, "int8_qdq", "ort", "wasm", skipped(), [], {"status": "ok"})])
+    assert [r["kept_float"] for r in rows] == [line, None]
+    report = {"report": {"model": "m", "version": "1", "candidates": rows,
+                         "decisions": [{"target": "wasm", "status": "unmet", "reason": "none inside the budget",
+                                        "chosen": None}]}}
+    page = write_html_report(tmp_path, [report]).read_text()
+    assert "layers kept float (why)" in page and "/features.0/Conv (Conv: output error" in page

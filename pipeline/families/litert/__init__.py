@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.families import BuildInputs, VariantSpec, register
-from pipeline.families.litert.convert import saved_model_to_tflite
+from pipeline.families.litert.convert import quantization_record, saved_model_to_tflite
 from pipeline.outcome import ConversionError
 
 
@@ -24,7 +24,8 @@ def _variant(quantization: str | None):
 
 VARIANTS = [
     VariantSpec(name=name, runtime="litert", build=_variant(q), description=desc, native="litert",
-                needs_calibration=q == "int8", prerequisites=("saved_model",))
+                needs_calibration=q in ("int8", "int8_mixed"), prerequisites=("saved_model",),
+                quantization_record=quantization_record if q == "int8_mixed" else None)
     for name, q, desc in (
         ("litert_fp32", None, "TFLite (LiteRT) flatbuffer, float32, static shapes (a dynamic batch as 1)"),
         ("litert_fp16", "float16", "TFLite, float16 weights (dequantized to float32 on the CPU; the WebGPU delegate "
@@ -33,6 +34,13 @@ VARIANTS = [
                                                 "elements), float32 activations quantized on the fly"),
         ("litert_int8", "int8", "TFLite, full-integer int8 weights and activations calibrated on the recipe's "
                                 "calibration samples, float32 input/output (Quantize/Dequantize at the edges)"),
+        ("litert_int8_mixed", "int8_mixed",
+         "TFLite, full-integer int8 as litert_int8 with the layers where int8 hurts most kept float "
+         "(TensorFlow's QuantizationDebugger denylisted_nodes), chosen by a sensitivity pass on the calibration "
+         "samples (never the evaluation data): layers ranked by the debugger's rmse/scale, each tried float and kept "
+         "when it raises top-1 agreement with the float model (or lowers the output error by >= 2 %), until the "
+         "budget's agreement + 0.02 is reached, at most 8 layers. Which layers and why: litert_manifest.json "
+         "'quantization_record'"),
     )
 ]
 

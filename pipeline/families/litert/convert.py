@@ -17,7 +17,9 @@ not load), so the re-export casts at the model's edges: int64 token ids are fed 
 Quantizations (``QUANTIZATIONS``): ``None`` float32; ``float16`` weights (dequantized before compute on the CPU);
 ``dynamic_int8`` dynamic-range int8 weights (the converter quantizes weight tensors of at least 1024 elements; the
 manifest says how many it did); ``int8`` full-integer int8 calibrated on the recipe's calibration samples, with
-float32 input and output kept (Quantize/Dequantize at the boundary) so the page feeds floats.
+float32 input and output kept (Quantize/Dequantize at the boundary) so the page feeds floats; ``int8_mixed`` the same
+with the layers where int8 hurts most kept float, chosen by a sensitivity pass on the calibration samples
+(:func:`int8_mixed`; which layers and why: the manifest's ``quantization_record``).
 
 Only TFLite builtin ops are allowed (no Flex / TF Select: LiteRT.js has no TensorFlow kernels); an op outside them
 is an UnsupportedOp naming it. Every model is loaded into the interpreter once before it is kept, and a float32
@@ -41,7 +43,8 @@ from pipeline.sources.keras import tensorflow
 
 MODEL_FILE = "model.tflite"
 MANIFEST_FILE = LITERT_MANIFEST            # litert_manifest.json, beside model.tflite
-QUANTIZATIONS = (None, "float16", "dynamic_int8", "int8")
+QUANT_RECORD_KEY = "quantization_record"   # the manifest's record of an int8_mixed model: layers kept float, why
+QUANTIZATIONS = (None, "float16", "dynamic_int8", "int8", "int8_mixed")
 LITERT_JS_DTYPES = ("float32", "int32", "uint8")  # what a LiteRT.js 2.5.3 Tensor carries (its DATATYPES)
 CALIBRATION_LIMIT = 500                  # representative samples the int8 calibration sees at most
 STEP = "tflite converter"
@@ -219,8 +222,46 @@ def _representative(calibration: dict[str, np.ndarray], inputs: list[dict], axes
         yield out
 
 
+def _int8_converter(static_sm: Path, calibration, inputs: list[dict], axes):
+    """The TFLite converter set up for full-integer int8 (float32 input and output kept), and its calibration
+    samples (keyed by signature name)."""
+    tf = tensorflow()
+    if not calibration:
+        raise ConversionError(f"{STEP}: full-integer int8 needs calibration samples (data.calibration)")
+    samples = list(_representative(calibration, inputs, axes))
+    if not samples:
+        raise ConversionError(f"{STEP}: no calibration samples")
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(static_sm), signature_keys=[SIGNATURE])
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: iter(samples)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.float32   # the page feeds floats; Quantize/Dequantize at the edges
+    converter.inference_output_type = tf.float32
+    return converter, samples
+
+
+def _converted(quantization: str | None, run):
+    """`run()` (a conversion), its failures named: ops without a builtin kernel or an int8 one, else the summary."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the int8 calibrator's "tf.lite.Interpreter is deprecated"
+            return run()
+    except Exception as e:  # noqa: BLE001 - ConverterError, RuntimeError from the calibrator, ...
+        msg = str(e)
+        ops, summary = converter_failure(msg)
+        if ops:
+            why = ("no int8 kernel / not quantizable"
+                   if quantization in ("int8", "int8_mixed") and _NOT_QUANTIZABLE.search(msg)
+                   else "not a TFLite builtin op (would need TF Select / Flex ops, which LiteRT.js lacks)")
+            raise UnsupportedOp(STEP, ops, f"{why}: {summary}") from None
+        raise ConversionError(f"{STEP}: {type(e).__name__}: {summary}") from None
+
+
 def _convert(static_sm: Path, quantization: str | None, calibration, inputs: list[dict], axes) -> bytes:
     tf = tensorflow()
+    if quantization == "int8":
+        converter, _ = _int8_converter(static_sm, calibration, inputs, axes)
+        return _converted(quantization, converter.convert)
     converter = tf.lite.TFLiteConverter.from_saved_model(str(static_sm), signature_keys=[SIGNATURE])
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no Flex: LiteRT.js has no TF kernels
     if quantization == "float16":
@@ -228,29 +269,193 @@ def _convert(static_sm: Path, quantization: str | None, calibration, inputs: lis
         converter.target_spec.supported_types = [tf.float16]
     elif quantization == "dynamic_int8":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    elif quantization == "int8":
-        if not calibration:
-            raise ConversionError(f"{STEP}: full-integer int8 needs calibration samples (data.calibration)")
-        samples = list(_representative(calibration, inputs, axes))
-        if not samples:
-            raise ConversionError(f"{STEP}: no calibration samples")
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = lambda: iter(samples)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.float32   # the page feeds floats; Quantize/Dequantize at the edges
-        converter.inference_output_type = tf.float32
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the int8 calibrator's "tf.lite.Interpreter is deprecated"
-            return converter.convert()
-    except Exception as e:  # noqa: BLE001 - ConverterError, RuntimeError from the calibrator, ...
-        msg = str(e)
-        ops, summary = converter_failure(msg)
-        if ops:
-            why = ("no int8 kernel / not quantizable" if quantization == "int8" and _NOT_QUANTIZABLE.search(msg)
-                   else "not a TFLite builtin op (would need TF Select / Flex ops, which LiteRT.js lacks)")
-            raise UnsupportedOp(STEP, ops, f"{why}: {summary}") from None
-        raise ConversionError(f"{STEP}: {type(e).__name__}: {summary}") from None
+    return _converted(quantization, converter.convert)
+
+
+# ----------------------------------------------------------------------------------------------- int8_mixed
+# The sensitivity pass: which layers to keep float, measured on calibration samples only (never the evaluation
+# data), against the float32 TFLite model made from the same SavedModel.
+SENSITIVITY_SAMPLES = 200        # calibration samples each trial is judged on (evenly spread over the set)
+SENSITIVITY_STATS_SAMPLES = 8    # calibration samples the debugger's per-layer statistics are taken on
+SENSITIVITY_MAX_FLOAT = 8        # at most this many layers kept float: past that it is no longer an int8 model
+SENSITIVITY_MAX_TRIALS = 16      # layers tried (in order of their error), kept or not
+SENSITIVITY_MARGIN = 0.02        # agreement to reach on calibration samples: the budget's bound + this
+SENSITIVITY_MIN_GAIN = 0.02      # a layer is kept only if it lowers the output error by >= 2 % (relative) ...
+#                                  ... or, where the budget bounds top-1 agreement, raises that agreement
+
+
+def _agreement_goals(recipe, io: dict) -> dict[str, float]:
+    """Outputs judged by top-1 agreement in the recipe's budget -> the agreement the pass aims for on calibration
+    samples (the bound + SENSITIVITY_MARGIN, at most 1). Empty without a recipe or such a bound: the pass then
+    lowers the output error."""
+    if recipe is None:
+        return {}
+    kinds = {o.name: o.kind for o in recipe.outputs}
+    goals = {}
+    for o in io["outputs"]:
+        bound = recipe.budget.for_output(o["name"]).get("min_top1_agreement")
+        if bound is not None and kinds.get(o["name"]) in ("logits", "probabilities"):
+            goals[o["name"]] = min(1.0, bound + SENSITIVITY_MARGIN)
+    return goals
+
+
+class _Trials:
+    """Runs candidate models on the probe samples (1 thread, the interpreter's XNNPACK as LiteRT.js uses it) and
+    compares them with the float model: relative squared output error and, per goal output, top-1 agreement."""
+
+    def __init__(self, float_model: bytes, samples: list[dict], io: dict, recipe):
+        from pipeline.evaluate.metrics import decisions
+
+        self.samples, self.io = samples, io
+        self.kinds = {o.name: o.kind for o in (recipe.outputs if recipe is not None else [])}
+        self.decisions = decisions
+        self.ref = self.outputs(float_model)
+
+    def outputs(self, model: bytes) -> dict[str, np.ndarray]:
+        Interpreter, _ = _interpreter_class()
+        runner = Interpreter(model_content=model, num_threads=1).get_signature_runner(SIGNATURE)
+        got = [runner(**s) for s in self.samples]
+        return {o["name"]: np.stack([np.asarray(g[o["signature_key"]], dtype=np.float64) for g in got])
+                for o in self.io["outputs"]}
+
+    def measure(self, model: bytes, goals: dict[str, float]) -> dict:
+        got = self.outputs(model)
+        errs = [float(((got[k] - r) ** 2).sum() / max(float((r ** 2).sum()), 1e-30)) for k, r in self.ref.items()]
+        out = {"error": float(np.mean(errs))}
+        if goals:
+            agree = {k: float((self.decisions(got[k].reshape(len(got[k]), -1), self.kinds[k])
+                               == self.decisions(self.ref[k].reshape(len(got[k]), -1), self.kinds[k])).mean())
+                     for k in goals}
+            out["top1_agreement"] = min(agree.values())
+            out["reached"] = all(agree[k] >= g for k, g in goals.items())
+        return out
+
+
+def _layer_statistics(debugger) -> list[dict]:
+    """The debugger's per-layer statistics (its CSV dump: op, error metrics, scale, the float tensor's name), each
+    with rmse/scale: a layer's int8 error in quantization steps (rounding alone gives about 0.29)."""
+    import csv
+    import io as _io
+
+    buf = _io.StringIO()
+    debugger.layer_statistics_dump(buf)
+    rows = []
+    for r in csv.DictReader(_io.StringIO(buf.getvalue())):
+        scale = float(r["scale"])
+        mse = float(r["mean_squared_error"])
+        rows.append({"node": r["tensor_name"], "op": r["op_name"], "scale": scale,
+                     "mean_abs_error": float(r["mean_abs_error"]) if r.get("mean_abs_error") else None,
+                     "rmse_over_scale": float(np.sqrt(mse) / scale) if scale > 0 else float("inf")})
+    return rows
+
+
+def int8_mixed(static_sm: Path, calibration, inputs: list[dict], axes, io: dict, recipe=None, *,
+               samples: int = SENSITIVITY_SAMPLES, stats_samples: int = SENSITIVITY_STATS_SAMPLES,
+               max_float: int = SENSITIVITY_MAX_FLOAT, max_trials: int = SENSITIVITY_MAX_TRIALS,
+               min_gain: float = SENSITIVITY_MIN_GAIN) -> tuple[bytes, dict]:
+    """Full-integer int8 (as ``int8``) with the layers where int8 hurts most kept float, by TensorFlow's own
+    selective quantization (``tf.lite.experimental.QuantizationDebugger``, ``denylisted_nodes``). On calibration
+    samples only: the debugger's per-layer statistics rank the layers by rmse/scale (their int8 error in
+    quantization steps); then, in that order, each layer is tried float on top of those already kept, and kept when
+    it raises top-1 agreement with the float32 TFLite model (outputs the budget bounds by top-1 agreement) or else
+    lowers the output error by at least ``min_gain``; until every such output reaches its bound +
+    SENSITIVITY_MARGIN, ``max_float`` layers are kept, or ``max_trials`` were tried. Without a top-1 bound it
+    lowers the output error only. Deterministic (fixed samples, 1 thread). Returns the model and the record the
+    manifest keeps (``quantization_record``): every layer kept float, why, and the figures measured."""
+    import time
+
+    from pipeline.outcome import NotApplicable
+
+    if recipe is not None and recipe.data.calibration is None:
+        raise NotApplicable(f"{recipe.path or recipe.name}: int8_mixed chooses its float layers on calibration "
+                            "samples, never the evaluation data, and the recipe has no data.calibration (its int8 "
+                            "calibration falls back to the evaluation samples): give data.calibration")
+    tf = tensorflow()
+    t0 = time.perf_counter()
+    converter, calib = _int8_converter(static_sm, calibration, inputs, axes)
+    pick = np.unique(np.linspace(0, len(calib) - 1, min(samples, len(calib))).round().astype(int))
+    probe = [calib[i] for i in pick]
+    stats_pick = np.unique(np.linspace(0, len(calib) - 1, min(stats_samples, len(calib))).round().astype(int))
+    float_model = _convert(static_sm, None, calibration, inputs, axes)
+    trials = _Trials(float_model, probe, io, recipe)
+    goals = _agreement_goals(recipe, io)
+
+    def debug_dataset():
+        # The debugger feeds a list in its interpreter's input order; inputs are named serving_default_<key>:0.
+        order = [d["name"] for d in debugger._quant_interpreter.get_input_details()]  # noqa: SLF001
+        keys = []
+        for name in order:
+            key = next((s["signature_key"] for s in inputs
+                        if name in (f"{SIGNATURE}_{s['signature_key']}:0", s["signature_key"])), None)
+            if key is None:
+                raise ConversionError(f"{STEP} int8_mixed: cannot match the debug model's input {name!r} to the "
+                                      f"signature's {[s['signature_key'] for s in inputs]}")
+            keys.append(key)
+        for i in stats_pick:
+            yield [calib[i][k] for k in keys]
+
+    def build():
+        dbg = tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=debug_dataset)
+        return dbg
+
+    debugger = _converted("int8_mixed", build)
+    _converted("int8_mixed", debugger.run)
+    layers = _layer_statistics(debugger)
+    t_stats = time.perf_counter() - t0
+
+    def quantized(denylist: list[str]) -> bytes:
+        debugger.options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(denylist))
+        return _converted("int8_mixed", debugger.get_nondebug_quantized_model)
+
+    full = trials.measure(quantized([]), goals)
+    current, kept, steps, tried = full, [], [], []
+    ranked = sorted(layers, key=lambda r: (-r["rmse_over_scale"], r["node"]))
+    for layer in ranked:
+        if current.get("reached") or len(kept) >= max_float or len(tried) >= max_trials:
+            break
+        m = trials.measure(quantized(kept + [layer["node"]]), goals)
+        gain = 1 - m["error"] / current["error"] if current["error"] > 0 else 0.0
+        better = (m["top1_agreement"] > current["top1_agreement"]
+                  or (m["top1_agreement"] == current["top1_agreement"] and gain >= min_gain)) if goals \
+            else gain >= min_gain
+        tried.append({"node": layer["node"], "op": layer["op"], "rmse_over_scale": layer["rmse_over_scale"],
+                      **{f"{k}_after": v for k, v in m.items() if k != "reached"}, "kept": better})
+        if better:
+            what = (f"top-1 agreement {current['top1_agreement']:.3f} -> {m['top1_agreement']:.3f}, " if goals
+                    else "")
+            steps.append({"node": layer["node"], "op": layer["op"], "rmse_over_scale": layer["rmse_over_scale"],
+                          "error_before": current["error"], "error_after": m["error"],
+                          **({"top1_agreement_before": current["top1_agreement"],
+                              "top1_agreement_after": m["top1_agreement"]} if goals else {}),
+                          "why": f"int8 error {layer['rmse_over_scale']:.2f} quantization steps (rmse/scale); "
+                                 f"kept float: on {len(pick)} calibration samples {what}output error "
+                                 f"{current['error']:.4g} -> {m['error']:.4g}"})
+            kept.append(layer["node"])
+            current = m
+    model = quantized(kept)
+    record = {
+        "method": "tf.lite.experimental.QuantizationDebugger denylisted_nodes (full-integer int8 elsewhere, "
+                  "per-channel int8 weights, int8 activations)",
+        "calibration": {"samples": len(calib), "sensitivity_samples": len(pick),
+                        "statistics_samples": len(stats_pick)},
+        "error_metric": "mean over outputs of ||int8 - float||^2 / ||float||^2 against the float32 TFLite model "
+                        "on calibration samples",
+        **({"goal": {"top1_agreement": goals, "reached": bool(current.get("reached"))}} if goals else {}),
+        "all_int8": full, "result": current, "layers": len(layers),
+        "float_nodes": steps, "tried": tried,
+        "worst_layers": [{k: r[k] for k in ("node", "op", "rmse_over_scale")} for r in ranked[:10]],
+        "rule": {"max_float": max_float, "max_trials": max_trials, "min_gain": min_gain,
+                 "margin": SENSITIVITY_MARGIN},
+        "seconds": {"statistics": round(t_stats, 2), "total": round(time.perf_counter() - t0, 2)},
+    }
+    return model, record
+
+
+def quantization_record(path: Path) -> dict | None:
+    """What a model says of its quantization (int8_mixed: which layers were kept float and why), from the manifest
+    beside it."""
+    manifest = Path(path).parent / MANIFEST_FILE
+    return json.loads(manifest.read_text()).get(QUANT_RECORD_KEY) if manifest.is_file() else None
 
 
 def _model_ops(model: bytes) -> tuple[list[str], dict[str, int]]:
@@ -331,7 +536,11 @@ def saved_model_to_tflite(saved_model_dir: str | Path, out_dir: str | Path, *, q
     with scratch_dir(out_dir / MODEL_FILE) as scratch:
         static_sm = scratch / "static_saved_model"
         _static_saved_model(sm_dir, io, inputs, static_sm)
-        model = _convert(static_sm, quantization, calibration, inputs, axes)
+        record = None
+        if quantization == "int8_mixed":
+            model, record = int8_mixed(static_sm, calibration, inputs, axes, io, recipe)
+        else:
+            model = _convert(static_sm, quantization, calibration, inputs, axes)
     ops, tensor_types = _model_ops(model)
     sig = _signature(model)
     manifest = {
@@ -354,7 +563,9 @@ def saved_model_to_tflite(saved_model_dir: str | Path, out_dir: str | Path, *, q
         manifest["outputs"].append({"name": o["name"], "signature_key": o["signature_key"],
                                     "dtype": np.dtype(d["dtype"]).name, "shape": [int(x) for x in d["shape"]],
                                     "batch_axis": out_axes[o["name"]]})
-    if quantization in ("dynamic_int8", "int8") and not tensor_types.get("int8"):
+    if record is not None:
+        manifest[QUANT_RECORD_KEY] = record
+    if quantization in ("dynamic_int8", "int8", "int8_mixed") and not tensor_types.get("int8"):
         manifest["note"] = "the converter quantized no tensor (dynamic range: only weights of >= 1024 elements)"
     with atomic_dir(out_dir, merge=True, last=MODEL_FILE) as tmp:
         (tmp / MODEL_FILE).write_bytes(model)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from pipeline.families import BuildInputs, VariantSpec, register
 from pipeline.families.ort.convert import OPTIMIZED_SESSION_OPTIONS, copy_model, int8_dynamic, int8_qdq, \
-    int8_qdq_sensitive, ort_optimize, simplify, to_fp16, via_simplified, weight_only, write_session_options
+    int8_qdq_sensitive, ort_optimize, quantization_record, simplify, to_fp16, via_simplified, weight_only, \
+    write_session_options
 
 MODEL_FILE = "model.onnx"
 
@@ -106,6 +107,7 @@ VARIANTS = [
             "(never the evaluation data) measures the output error with each Conv/Gemm/MatMul alone kept float and "
             "keeps float, greedily, those that lower it by >= 2 %, at most 8. Which nodes and why: the model's "
             "metadata 'pipeline.quantization'."),
+        quantization_record=quantization_record,
     ),
     # Weight-only (block-wise, 32 weights per scale): each MatMul with a constant 2-D weight becomes com.microsoft
     # MatMulNBits; activations stay float, so attention (activation x activation) is never quantized. They start
