@@ -428,7 +428,7 @@ def int8_mixed(static_sm: Path, calibration, inputs: list[dict], axes, io: dict,
                           **({"top1_agreement_before": current["top1_agreement"],
                               "top1_agreement_after": m["top1_agreement"]} if goals else {}),
                           "why": f"int8 error {layer['rmse_over_scale']:.2f} quantization steps (rmse/scale); "
-                                 f"kept float: on {len(pick)} calibration samples {what}output error "
+                                 f"on {len(pick)} calibration samples float it brings {what}output error "
                                  f"{current['error']:.4g} -> {m['error']:.4g}"})
             kept.append(layer["node"])
             current = m
