@@ -188,20 +188,37 @@ class _StackedReader:
         self.data = data
         self.batch = batch
         self.n = len(next(iter(data.values())))
-        self.i = 0
+        self.i, self.end = 0, self.n
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        if self.i >= self.n:
+        if self.i >= self.end:
             return None
-        chunk = {k: v[self.i : self.i + self.batch] for k, v in self.data.items()}
+        chunk = {k: v[self.i : min(self.i + self.batch, self.end)] for k, v in self.data.items()}
         self.i += self.batch
         return chunk
 
     def rewind(self) -> None:
-        self.i = 0
+        self.i, self.end = 0, self.n
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        """Feed only batches [start_index, end_index) (onnxruntime's strided calibration, CalibStridedMinMax)."""
+        self.i, self.end = start_index * self.batch, min(end_index * self.batch, self.n)
 
     def __len__(self) -> int:
         return -(-self.n // self.batch)
+
+
+# onnxruntime's calibrators keep every intermediate tensor of every batch a collect_data call sees until it ends:
+# over a whole calibration set that is gigabytes (text_recognition's 1000-px lines: the build was OOM-killed at
+# 22 GB). Ranges are collected over strides of at most this many samples instead (histograms merge across strides).
+CALIBRATION_STRIDE_SAMPLES = 4
+
+
+def calibration_stride(batches: int, batch: int, max_samples: int = CALIBRATION_STRIDE_SAMPLES) -> int:
+    """The most batches per collect_data call that divides `batches` (onnxruntime requires it) and holds at most
+    `max_samples` samples (at least one batch)."""
+    limit = max(1, max_samples // batch)
+    return max(d for d in range(1, min(batches, limit) + 1) if batches % d == 0)
 
 
 def _validate_calibration(model: onnx.ModelProto, calibration: dict[str, np.ndarray] | None, batch: int, src) -> dict:
@@ -296,16 +313,18 @@ def _quantize_qdq(pre: Path, out: Path, data: dict, batch: int, per_channel: boo
         # onnxruntime's histogram collector stacks every batch's tensors: a smaller last batch breaks it. Validated
         # above: a fixed batch dimension divides the samples, so here the batch dimension is dynamic.
         batch = max(d for d in range(1, batch + 1) if n % d == 0)
+    reader = _StackedReader(data, batch)
     quantize_static(
         str(pre),
         str(out),
-        _StackedReader(data, batch),
+        reader,
         quant_format=QuantFormat.QDQ,
         per_channel=per_channel,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
         calibrate_method=method,
         nodes_to_exclude=list(exclude),
+        extra_options={"CalibStridedMinMax": calibration_stride(len(reader), batch)},
         **({"calibration_cache_path": str(cache)} if cache is not None else {}),
     )
     q = onnx.load(str(out))
