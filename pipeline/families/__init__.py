@@ -39,6 +39,18 @@ class BuildInputs:
     cache_dir: Path | None = None       # artifacts/cache: for results shared across recipes (e.g. a runtime build)
 
 
+def own_calibration(recipe, what: str) -> None:
+    """A variant that chooses what to keep float by measuring on calibration samples must never measure on the
+    evaluation data, which the budget judges it by: without the recipe's own data.calibration (calibration falls back
+    to the evaluation samples) it does not apply. No recipe (a library call): the caller's samples are taken."""
+    from pipeline.outcome import NotApplicable
+
+    if recipe is not None and recipe.data.calibration is None:
+        raise NotApplicable(f"{recipe.path or recipe.name}: {what} chooses its float layers on calibration samples, "
+                            "never the evaluation data, and the recipe has no data.calibration (its calibration "
+                            "falls back to the evaluation samples): give data.calibration")
+
+
 @dataclass(frozen=True)
 class PrerequisiteSpec:
     """A per-recipe intermediate several variants of a family share (e.g. a TF SavedModel), built once by its

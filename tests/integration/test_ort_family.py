@@ -302,6 +302,18 @@ def test_calibration_collects_in_strides_with_the_same_ranges(tmp_path):
     conv.int8_qdq(src, tmp_path / "p.onnx", calib, batch=4, calibrate="percentile")  # strided Percentile runs
 
 
+def test_mixed_int8_needs_the_recipes_own_calibration(exported, tmp_path):
+    """Choosing float layers on the evaluation samples would tune the variant to the data its budget is judged on."""
+    from types import SimpleNamespace
+
+    recipe = SimpleNamespace(name="r", path="recipes/r.yaml", data=SimpleNamespace(calibration=None))
+    e = exported["cnn"]
+    with pytest.raises(NotApplicable, match=r"recipes/r.yaml: int8_qdq_mixed .* give data.calibration"):
+        variant("int8_qdq_mixed").build(BuildInputs(canonical_onnx=e["path"], calibration={"input": e["calib"]},
+                                                    calibration_batch=4, recipe=recipe), tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
 def test_imagenet_calibration_never_holds_an_evaluation_photo():
     from model_sources import datasets as ds
 

@@ -364,12 +364,9 @@ def int8_mixed(static_sm: Path, calibration, inputs: list[dict], axes, io: dict,
     manifest keeps (``quantization_record``): every layer kept float, why, and the figures measured."""
     import time
 
-    from pipeline.outcome import NotApplicable
+    from pipeline.families import own_calibration
 
-    if recipe is not None and recipe.data.calibration is None:
-        raise NotApplicable(f"{recipe.path or recipe.name}: int8_mixed chooses its float layers on calibration "
-                            "samples, never the evaluation data, and the recipe has no data.calibration (its int8 "
-                            "calibration falls back to the evaluation samples): give data.calibration")
+    own_calibration(recipe, "int8_mixed")
     tf = tensorflow()
     t0 = time.perf_counter()
     converter, calib = _int8_converter(static_sm, calibration, inputs, axes)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.families import BuildInputs, VariantSpec, register
+from pipeline.families import BuildInputs, VariantSpec, own_calibration, register
 from pipeline.families.ort.convert import OPTIMIZED_SESSION_OPTIONS, copy_model, int8_dynamic, int8_qdq, \
     int8_qdq_sensitive, ort_optimize, quantization_record, simplify, to_fp16, via_simplified, weight_only, \
     write_session_options
@@ -32,6 +32,13 @@ def _optimized(fmt: str):
 
     return build
 
+
+def _int8_qdq_mixed(src: Path, dst: Path, inputs: BuildInputs):
+    """Its float nodes are chosen on calibration samples: only with the recipe's own (pipeline.families
+    own_calibration)."""
+    own_calibration(inputs.recipe, "int8_qdq_mixed")
+    return via_simplified(lambda s, d: int8_qdq_sensitive(s, d, inputs.calibration,
+                                                          batch=inputs.calibration_batch))(src, dst)
 
 VARIANTS = [
     VariantSpec(
@@ -98,15 +105,14 @@ VARIANTS = [
     ),
     VariantSpec(
         name="int8_qdq_mixed", runtime="ort",
-        build=_variant(lambda src, dst, inputs: via_simplified(
-            lambda s, d: int8_qdq_sensitive(s, d, inputs.calibration, batch=inputs.calibration_batch))(src, dst)),
+        build=_variant(_int8_qdq_mixed),
         needs_calibration=True,
         description=(
             "Static int8 QDQ like int8_qdq (per-channel int8 weights, uint8 activations), Percentile calibration, "
             "with the layers where int8 hurts most kept in float: a sensitivity pass on the calibration samples "
             "(never the evaluation data) measures the output error with each Conv/Gemm/MatMul alone kept float and "
-            "keeps float, greedily, those that lower it by >= 2 %, at most 8. Which nodes and why: the model's "
-            "metadata 'pipeline.quantization'."),
+            "keeps float, greedily, those that lower it by >= 2 %, at most 8; not made for a recipe without "
+            "data.calibration. Which nodes and why: the model's metadata 'pipeline.quantization'."),
         quantization_record=quantization_record,
     ),
     # Weight-only (block-wise, 32 weights per scale): each MatMul with a constant 2-D weight becomes com.microsoft
