@@ -13,6 +13,37 @@ import {TYPED, probeTarget, servedRuntime} from '/runtimes/adapter.js';
 const state = {stage: 'idle', done: false, result: null};
 window.__bench = state;
 
+// A runtime's own log is where some facts only appear (onnxruntime: which nodes its GPU provider left to the CPU).
+// The console is tapped before any runtime is imported (a wasm module binds console functions when it loads):
+// `fellBack` notes onnxruntime's warning that nodes left the preferred provider; while `capture` is on (the
+// placement stage) lines are kept here instead of reaching the console (a verbose log is no error of the model's).
+const runtimeLog = {lines: [], capture: false, fellBack: false};
+for (const level of ['log', 'info', 'warn', 'error', 'debug']) {
+  const write = console[level].bind(console);
+  console[level] = (...args) => {
+    const text = args.map(String).join(' ');
+    if (runtimeLog.capture) return void runtimeLog.lines.push(text);
+    if (text.includes('not assigned to the preferred execution providers')) runtimeLog.fellBack = true;
+    write(...args);
+  };
+}
+
+// From onnxruntime's verbose log: nodes per execution provider ("Node(s) placed on [EP]. Number of nodes: n") and
+// the nodes the GPU provider had no kernel for ("kernel not found in registries for Op type: X node name: Y",
+// logged once per partitioning pass: counted once). {providers: {EP: n}, no_gpu_kernel: {OpType: n}, nodes: [20]}
+export function parsePlacement(lines) {
+  const providers = {};
+  const missing = {};
+  for (const line of lines) {
+    const m = line.match(/(?:All nodes|Node\(s\)) placed on \[(\w+)\]\. Number of nodes: (\d+)/);
+    if (m) providers[m[1]] = Number(m[2]);
+    const k = line.match(/kernel not found in registries for Op type: (\S+) node name: (.*?)\s*$/);
+    if (k) (missing[k[1]] ||= new Set()).add(k[2]);
+  }
+  return {providers, no_gpu_kernel: Object.fromEntries(Object.entries(missing).map(([op, n]) => [op, n.size])),
+          nodes: Object.values(missing).flatMap((n) => [...n]).slice(0, 20)};
+}
+
 function setStage(stage, cfg) {
   state.stage = stage;
   // Python follows stages through the console so it can name the stage even if the page hangs.
@@ -248,6 +279,9 @@ async function bench(cfg) {
     res.env.session = loaded && loaded.info;
     // Keep the model bytes only if a Worker will need them; otherwise let them be collected.
     const workerFiles = cfg.qoe && cfg.qoe.modes.includes('worker') ? files.map((f) => ({...f})) : null;
+    // ... or the placement stage, should the runtime say nodes left the GPU.
+    const placementFiles = cfg.target !== 'wasm' && adapter.placement ? files.map((f) => ({...f})) : null;
+    const fellBack = runtimeLog.fellBack;
     files.length = 0;
 
     // First inference includes lazy work (kernel compilation, weight upload), so it is timed apart.
@@ -321,6 +355,23 @@ async function bench(cfg) {
         }
       }
       setStage('qoe-done', cfg);
+    }
+
+    // Which nodes the GPU provider left to the CPU, when the runtime said some did (after all timing: a second
+    // session, logging verbosely).
+    if (placementFiles && fellBack) {
+      setStage('placement', cfg);
+      runtimeLog.lines = [];
+      runtimeLog.capture = true;
+      try {
+        await adapter.placement({files: placementFiles, target: cfg.target, threads, runtime: servedRuntime()});
+        res.env.placement = parsePlacement(runtimeLog.lines);
+      } catch (e) {
+        res.env.placement = {error: (e && (e.message || String(e))) || 'failed'};
+      } finally {
+        runtimeLog.capture = false;
+        runtimeLog.lines = [];
+      }
     }
     return res;
   } catch (e) {

@@ -40,6 +40,9 @@
  *           one inference; feeds and outputs keyed by the model's (recipe's) names
  * @property {() => Promise<void>} release   free the session (and its GPU resources)
  * @property {() => object} env              runtime details for the report (version, its own backend, threads, ...)
+ * @property {(opts: {files: ModelFile[], target: string, threads: number, runtime: RuntimeEnv}) => Promise<void>}
+ *           [placement]  optional, measuring page only: make the runtime log which of its backends took which node
+ *           (a second session, created after every measurement; the page reads the log)
  */
 
 /** dtype name -> TypedArray constructor: how tensors cross between files, the page and adapters. */

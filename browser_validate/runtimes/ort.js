@@ -36,18 +36,32 @@ export async function load({files, target, threads, runtime}) {
   await importOrt(target, runtime);
   ort.env.wasm.numThreads = threads;
   targetUsed = target;
-  const ep = EXECUTION_PROVIDER[target];
+  session = await ort.InferenceSession.create(...sessionArgs(files, target));
+  if (EXECUTION_PROVIDER[target] === 'webgpu') runtime.lib.watchGpuDevice(await ort.env.webgpu.device);
+  return {info: {inputNames: session.inputNames, outputNames: session.outputNames}};
+}
+
+// The model bytes and session options load() creates its session with.
+function sessionArgs(files, target, extra = {}) {
   const [entry, ...rest] = files.filter((f) => f.name !== SESSION_OPTIONS_FILE);
   const options = {
-    executionProviders: [ep],
+    executionProviders: [EXECUTION_PROVIDER[target]],
     graphOptimizationLevel: 'all',
     ...shippedOptions(files),
     // Extra files (e.g. model.onnx.data) are external weights referenced by relative path.
     externalData: rest.map((f) => ({path: f.name, data: new Uint8Array(f.data)})),
+    ...extra,
   };
-  session = await ort.InferenceSession.create(new Uint8Array(entry.data), options);
-  if (ep === 'webgpu') runtime.lib.watchGpuDevice(await ort.env.webgpu.device);
-  return {info: {inputNames: session.inputNames, outputNames: session.outputNames}};
+  return [new Uint8Array(entry.data), options];
+}
+
+// onnxruntime names the nodes each execution provider took only in its verbose log ("Node(s) placed on [EP].
+// Number of nodes: n", then a line per node): a second session like load()'s, logging verbosely, released at once.
+// Measuring page only, after the measurement (the page reads the log).
+export async function placement({files, target}) {
+  const s = await ort.InferenceSession.create(...sessionArgs(files, target, {logSeverityLevel: 0,
+                                                                             logVerbosityLevel: 0}));
+  await s.release();
 }
 
 function shippedOptions(files) {

@@ -124,7 +124,17 @@ def cpu_fallback(target: str, env: dict | None) -> str | None:
         return None
     if env.get("fullyAccelerated") is False:  # LiteRT.js: CompiledModel.isFullyAccelerated()
         return "LiteRT.js did not compile the whole model for the GPU: part of it runs on its wasm CPU kernels"
+    placed = env.get("placement") or {}
+    providers = placed.get("providers") or {}
+    on_cpu = providers.get("CPUExecutionProvider")
+    if on_cpu and len(providers) > 1:  # the page's placement stage: onnxruntime's own log (bench.js parsePlacement)
+        missing = sorted((placed.get("no_gpu_kernel") or {}).items(), key=lambda kv: (-kv[1], kv[0]))
+        why = (f"no GPU kernel for {', '.join(f'{op} x{n}' for op, n in missing)}" if missing
+               else "none for want of a GPU kernel: onnxruntime keeps shape computations on the CPU")
+        return (f"onnxruntime placed {on_cpu} of {sum(providers.values())} nodes on its CPU provider ({why}): data "
+                "moves between GPU and CPU during inference")
     if any(ORT_CPU_FALLBACK in line for line in env.get("console", [])):
+        why = f" (placement not read: {placed['error']})" if placed.get("error") else ""
         return ("onnxruntime placed some nodes on its CPU provider (VerifyEachNodeIsAssignedToAnEp): data moves "
-                "between GPU and CPU during inference")
+                f"between GPU and CPU during inference{why}")
     return None

@@ -26,7 +26,7 @@ from browser_validate.harness import MeasureRequest, close_browser, measure
 from browser_validate.memory import renderer_pids
 from browser_validate.runtimes import RUNTIMES, RUNTIMES_DIR
 from browser_validate.server import StaticServer
-from models import onnx_mlp, ort_run
+from models import onnx_cnn, onnx_mlp, ort_run
 
 BV_DIR = Path(__file__).resolve().parents[2] / "browser_validate"
 
@@ -187,6 +187,31 @@ def test_webgpu_matches_onnxruntime(tiny_model, samples):
     assert res.env["evaluated_samples"] == 5
     assert {"launch", "page", "session", "first", "eval", "timing"} <= set(res.stage_seconds)
     assert all(s >= 0 for s in res.stage_seconds.values())
+
+
+@pytest.mark.browser
+def test_nodes_left_to_the_cpu_on_webgpu_are_named(tmp_path):
+    """ORT Web's WebGPU provider has no integer-convolution kernel: a dynamically quantized conv runs partly on the
+    CPU. The page reads onnxruntime's own placement log (a second, verbose session after the measurement) and the
+    record names what fell back; the verbose log itself never reaches the console as an error."""
+    from onnxruntime.quantization import quantize_dynamic
+
+    from pipeline.evaluate.browser import cpu_fallback
+
+    src = onnx_cnn(tmp_path / "cnn.onnx")
+    q = tmp_path / "conv_int8.onnx"
+    quantize_dynamic(str(src), str(q), op_types_to_quantize=["Conv"])
+    x = {"input": np.random.default_rng(2).standard_normal((2, 3, 16, 16)).astype(np.float32)}
+    res = measure(MeasureRequest(runtime="ort", target="webgpu", model_files=[q], inputs=x, runs=1,
+                                 timeout_s=180))
+    assert res.status == "ok" and not res.console_errors, (res.error, res.console_errors)
+    placed = res.env["placement"]
+    assert placed["providers"]["CPUExecutionProvider"] >= 1 and placed["no_gpu_kernel"].get("ConvInteger", 0) >= 1
+    assert "placement" in res.stage_seconds
+    assert "no GPU kernel for" in cpu_fallback("webgpu", res.env) and "ConvInteger x" in cpu_fallback("webgpu", res.env)
+    # A model the GPU provider takes whole: no placement stage at all.
+    res = measure(MeasureRequest(runtime="ort", target="webgpu", model_files=[src], inputs=x, runs=1, timeout_s=180))
+    assert res.status == "ok" and "placement" not in res.env and "placement" not in res.stage_seconds
 
 
 @pytest.mark.browser

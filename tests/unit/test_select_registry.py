@@ -290,6 +290,14 @@ def test_selection_per_device_class_and_software_gpu_is_provisional():
     assert "CPU provider" in cpu_fallback("webgpu", {"console": ort_log})
     assert cpu_fallback("wasm", {"console": ort_log}) is None
     assert cpu_fallback("webgpu", {"console": ["log: fine"]}) is None
+    placed = {"providers": {"WebGpuExecutionProvider": 584, "CPUExecutionProvider": 106},
+              "no_gpu_kernel": {"DynamicQuantizeLinear": 53, "ConvInteger": 53}}
+    assert cpu_fallback("webgpu", {"console": ort_log, "placement": placed}) == (
+        "onnxruntime placed 106 of 690 nodes on its CPU provider (no GPU kernel for ConvInteger x53, "
+        "DynamicQuantizeLinear x53): data moves between GPU and CPU during inference")
+    shapes = {"providers": {"WebGpuExecutionProvider": 50, "CPUExecutionProvider": 2}, "no_gpu_kernel": {}}
+    assert "shape computations" in cpu_fallback("webgpu", {"console": ort_log, "placement": shapes})
+    assert "placement not read: boom" in cpu_fallback("webgpu", {"console": ort_log, "placement": {"error": "boom"}})
     assert "LiteRT.js" in cpu_fallback("webgpu", {"fullyAccelerated": False})
     assert cpu_fallback("webgpu", {"fullyAccelerated": True}) is None
 
