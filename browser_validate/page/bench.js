@@ -337,10 +337,7 @@ async function bench(cfg) {
       res.qoe = {};
       for (const mode of cfg.qoe.modes) {
         const main = res.qoe.main;
-        const enough = cfg.qoe.enough;
-        if (mode === 'worker' && enough && main && !main.error && main.fps >= enough.fps &&
-            (main.input_delay_ms == null || main.input_delay_ms.p95 == null ||
-             main.input_delay_ms.p95 <= enough.inputDelayMs)) {
+        if (mode === 'worker' && main && main.responsive === true) {
           // Shipping decides between the two only when the main thread does not stay responsive.
           res.env.qoe_skipped = `worker: the main thread stayed responsive (${main.fps.toFixed(0)} fps)`;
           continue;
@@ -350,6 +347,8 @@ async function bench(cfg) {
           res.qoe[mode] = mode === 'main'
             ? await qoeMainThread(adapter, single, cfg.qoe.durationMs)
             : await qoeWorker(cfg, workerFiles, single, cfg.qoe.durationMs);
+          const verdict = isResponsive(res.qoe[mode], cfg.qoe.enough);
+          if (verdict !== undefined) res.qoe[mode].responsive = verdict;
         } catch (e) {
           res.qoe[mode] = {error: (e && (e.message || String(e))) || 'failed'};
         }
@@ -383,6 +382,16 @@ async function bench(cfg) {
       try { await adapter.release(); } catch (e) { /* session may not exist */ }
     }
   }
+}
+
+// The one rule for "stays responsive" while inferring continuously: frames at or above `enough.fps` and the p95
+// delay of synthetic clicks at or below `enough.inputDelayMs` (thresholds from Python: metrics.SMOOTH_FPS and
+// INPUT_DELAY_OK_MS). The page judges each mode it probed (the worker is probed only when the main thread is not
+// responsive); Python's ship_mode reads the verdicts. No thresholds or a failed probe: no verdict.
+function isResponsive(q, enough) {
+  if (!enough || !q || q.error) return undefined;
+  const p95 = q.input_delay_ms ? q.input_delay_ms.p95 : null;
+  return q.fps >= enough.fps && (p95 == null || p95 <= enough.inputDelayMs);
 }
 
 // Re-download the model files (used under an emulated network profile) and return the time taken.

@@ -364,11 +364,8 @@ def ship_mode(qoe: dict | None) -> dict:
     def ok(q):
         return bool(q) and "error" not in q
 
-    def feels_fine(q):
-        if not ok(q):
-            return False
-        p95 = (q.get("input_delay_ms") or {}).get("p95")
-        return (p95 is None or p95 <= INPUT_DELAY_OK_MS) and q.get("fps", 0) >= SMOOTH_FPS
+    def feels_fine(q):  # the page's verdict (bench.js isResponsive, the one rule, with the thresholds above)
+        return ok(q) and q.get("responsive") is True
 
     def describe(name, q):
         if not ok(q):

@@ -359,6 +359,12 @@ def test_qoe_worker_only_when_the_main_thread_is_not_responsive(tiny_model, samp
     assert easy.env["qoe_skipped"].startswith("worker: the main thread stayed responsive")
     strict = probe({"fps": 10_000, "input_delay_ms": 0})  # no page meets it: both modes are probed
     assert strict.qoe["main"]["fps"] > 0 and strict.qoe["worker"]["fps"] > 0 and "qoe_skipped" not in strict.env
+    # The page's verdicts are what ship_mode reads (one rule): responsive under the easy bound, not under the strict.
+    from pipeline.evaluate.metrics import ship_mode
+
+    assert easy.qoe["main"]["responsive"] is True and ship_mode(easy.qoe)["mode"] == "main"
+    assert strict.qoe["main"]["responsive"] is False and strict.qoe["worker"]["responsive"] is False
+    assert ship_mode(strict.qoe)["mode"] == "worker"  # the main thread fails the bound; the worker keeps the page free
 
 
 @pytest.mark.browser

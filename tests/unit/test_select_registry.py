@@ -89,8 +89,9 @@ def test_every_objective_reads_a_measurement():
 def test_ship_mode_from_qoe():
     from pipeline.evaluate.metrics import ship_mode
 
-    smooth = {"fps": 60, "dropped_frames": 0, "input_delay_ms": {"p95": 5}}
-    janky = {"fps": 12, "dropped_frames": 140, "input_delay_ms": {"p95": 400}}
+    # The page judges responsiveness (bench.js isResponsive); ship_mode reads its verdicts.
+    smooth = {"fps": 60, "dropped_frames": 0, "input_delay_ms": {"p95": 5}, "responsive": True}
+    janky = {"fps": 12, "dropped_frames": 140, "input_delay_ms": {"p95": 400}, "responsive": False}
     assert ship_mode({"main": smooth, "worker": smooth})["mode"] == "main"
     m = ship_mode({"main": janky, "worker": smooth})
     assert m["mode"] == "worker" and "400 ms" in m["reason"]
