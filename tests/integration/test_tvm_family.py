@@ -199,8 +199,13 @@ def test_embedded_weights_and_variant_spec(models, runtime_dir, tmp_path):
     assert specs["tvm_wasm"].targets == ("wasm",) and specs["tvm_webgpu"].targets == ("webgpu",)
     prereq = all_prerequisites()["tvm_web_runtime"]
     assert prereq.fingerprint() == {"tvm": rtb.tvm_version(), "headers": rtb.headers_hash()}
+    (tmp_path / "prereq").mkdir()
     info = prereq.build(BuildInputs(canonical_onnx=model, cache_dir=runtime_dir.parent), tmp_path / "prereq")
-    assert Path(info["runtime_dir"]) == runtime_dir.resolve()
+    # The runtime's objects are the task's own output (stored and fetched like any other), not a path into this
+    # machine's cache.
+    assert info["files"] == sorted(["runtime.json", *(f"{n}.o" for n in rtb.RUNTIME_LIBS)])
+    for name in info["files"]:
+        assert (tmp_path / "prereq" / name).read_bytes() == (runtime_dir / name).read_bytes()
 
     recipe = SimpleNamespace(inputs=[InputSpec(name="input", shape=["batch", 3, 16, 16])])
     files = specs["tvm_wasm"].build(BuildInputs(canonical_onnx=model, recipe=recipe,

@@ -4,24 +4,27 @@ prerequisite built once per toolchain (``runtime_build.py``); ``compile.py`` com
 the WebGPU schedule rules."""
 from __future__ import annotations
 
-import json
+import shutil
 from pathlib import Path
 
 from pipeline.families import BuildInputs, PrerequisiteSpec, VariantSpec, register
 from pipeline.families.tvm.compile import compile_onnx
-from pipeline.families.tvm.runtime_build import RUNTIME_MANIFEST, build_web_runtime, headers_hash, tvm_version
-from pipeline.fsutil import write_json_atomic
+from pipeline.families.tvm.runtime_build import RUNTIME_MANIFEST, build_web_runtime, headers_hash, runtime_objects, \
+    tvm_version
 from pipeline.onnx_utils import graph_inputs
 from pipeline.outcome import ConversionError, NotApplicable
 
 
 def _runtime_prereq_build(inputs: BuildInputs, out_dir: Path) -> dict:
+    """The web runtime's objects, copied into this task's own output from the machine's cache (built there once):
+    a task output like any other, hashed, kept in the build store and fetched by other build machines, whose
+    caches do not hold this machine's paths."""
     if inputs.cache_dir is None:
         raise ConversionError("tvm_web_runtime needs BuildInputs.cache_dir (shared cache for the runtime build)")
     rt = build_web_runtime(Path(inputs.cache_dir))
-    info = {"runtime_dir": str(rt.resolve()), "tvm": tvm_version(), "headers": headers_hash()}
-    write_json_atomic(Path(out_dir) / RUNTIME_MANIFEST, info)
-    return info
+    for f in [RUNTIME_MANIFEST, *(Path(o).name for o in runtime_objects(rt))]:
+        shutil.copy2(rt / f, Path(out_dir) / f)
+    return {"tvm": tvm_version(), "headers": headers_hash(), "files": sorted(p.name for p in Path(out_dir).iterdir())}
 
 
 def static_shapes(inputs: BuildInputs) -> dict[str, list[int]]:
@@ -51,8 +54,7 @@ def _variant(target: str):
         folder = inputs.prerequisites.get("tvm_web_runtime")
         if folder is None:
             raise ConversionError("prerequisite tvm_web_runtime missing from BuildInputs.prerequisites")
-        info = json.loads((Path(folder) / RUNTIME_MANIFEST).read_text())
-        return compile_onnx(inputs.canonical_onnx, out_dir, target=target, runtime_dir=Path(info["runtime_dir"]),
+        return compile_onnx(inputs.canonical_onnx, out_dir, target=target, runtime_dir=Path(folder),
                             input_shapes=static_shapes(inputs))
 
     return build
