@@ -19,7 +19,7 @@ def candidate_rows(candidates) -> list[dict]:
         rows.append({
             "variant": c.variant, "runtime": c.runtime, "target": c.target, "threads": c.threads, "status": c.status,
             "device_class": c.device_class, "software_gpu": (rec.get("device") or {}).get("software_gpu"),
-            "cpu_fallback": "yes" if rec.get("cpu_fallback") else None,
+            "cpu_fallback": rec.get("cpu_fallback"),  # what ran on the CPU and why (nodes and ops, where known)
             "eligible": c.eligible, "reasons": c.reasons,
             "median_ms": lat.get("median"), "p90_ms": lat.get("p90"), "iqr_ms": lat.get("iqr"),
             "timing_noisy": lat.get("noisy"),
@@ -94,7 +94,7 @@ COLUMNS = [("variant", "variant"), ("runtime", "runtime"), ("threads", "threads"
            ("min_box_iou", "min box IoU"),
            ("main_fps", "fps (main)"), ("main_input_delay_p95_ms", "input delay p95 ms (main)"),
            ("worker_fps", "fps (worker)"), ("worker_input_delay_p95_ms", "input delay p95 ms (worker)"),
-           ("cpu_fallback", "CPU fallback"), ("ship_in", "ship in"),
+           ("cpu_fallback", "CPU fallback (what, why)"), ("ship_in", "ship in"),
            ("kept_float", "layers kept float (why)"), ("reasons", "why not")]
 
 
