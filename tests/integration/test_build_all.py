@@ -112,7 +112,9 @@ def test_build_all_end_to_end(tmp_path, extra_variants, capsys):
             assert e["device_class"] == "build-machine" and "fastest" not in e["reason"]
             assert m["qoe"] is None and e["ship_in"]["mode"] is None
         else:
-            assert "provisional" not in e and e["reason"].startswith("fastest")
+            # "fastest ...", or, when timings of the tiny model tie within the tolerance (seen under load), the
+            # ranking that broke the tie: never hedged as provisional.
+            assert "provisional" not in e and e["reason"].startswith(("fastest", "by latency:")), e["reason"]
             assert e["ship_in"]["mode"] in ("main", "worker") and e["ship_in"]["reason"]
             assert m["qoe"]["main"]["fps"] > 0  # the worker is probed only when the main thread is not responsive
             assert m["qoe"].get("worker") or e["ship_in"]["mode"] == "main"
