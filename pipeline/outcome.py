@@ -90,7 +90,11 @@ class UnsupportedOp(ConversionError):
         self.step = step
         self.ops = sorted(set([ops] if isinstance(ops, str) else ops))
         self.op = ", ".join(self.ops)
+        self.detail = detail
         super().__init__(f"{step}: unsupported op {self.op}" + (f" ({detail})" if detail else ""))
+
+    def __reduce__(self):  # raised in a child process (pipeline.isolate), re-raised here
+        return type(self), (self.step, self.ops, self.detail), self.__dict__
 
 
 class IntegrityError(PipelineError):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pipeline.families import BuildInputs, VariantSpec, register
 from pipeline.families.litert.convert import quantization_record, saved_model_to_tflite
+from pipeline.isolate import run_isolated
 from pipeline.outcome import ConversionError
 
 
@@ -16,8 +17,10 @@ def _variant(quantization: str | None):
         folder = inputs.prerequisites.get("saved_model")
         if folder is None:
             raise ConversionError("litert variant: prerequisite 'saved_model' not built")
-        return saved_model_to_tflite(Path(folder) / "saved_model", Path(out_dir), quantization=quantization,
-                                     calibration=inputs.calibration, recipe=inputs.recipe)
+        # In a child process: TensorFlow's converter and quantizer can abort natively (pipeline.isolate).
+        return run_isolated(saved_model_to_tflite, Path(folder) / "saved_model", Path(out_dir),
+                            quantization=quantization, calibration=inputs.calibration, recipe=inputs.recipe,
+                            what=f"litert {quantization or 'float32'} conversion")
 
     return build
 
