@@ -432,11 +432,12 @@ class BuildVariant(RecipeTask):
 
         # Calibration sees samples as stored (padded where their sizes differ): ranges, not outputs, matter.
         calibration = model_inputs(deps["calibration"].load()[0]) if "calibration" in deps else None
-        prereqs = {k.split(":", 1)[1]: t.out_dir for k, t in deps.items() if k.startswith("prerequisite:")}
-        for k, t in deps.items():  # files crossing from another task are checked against what it recorded
+        prereqs = {}
+        for k, t in deps.items():
             if k.startswith("prerequisite:"):
-                for name in t.result().get("outputs") or {}:
+                for name in t.result().get("outputs") or {}:  # files crossing from another task: checked first
                     self.verified(k, t.out_dir / name)
+                prereqs[k.split(":", 1)[1]] = t.out_dir
         return _build(self, lambda inputs: build_variant(self.spec(), inputs, out), calibration=calibration,
                       prerequisites=prereqs)
 

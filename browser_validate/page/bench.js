@@ -279,9 +279,9 @@ async function bench(cfg) {
     res.env.session = loaded && loaded.info;
     // Keep the model bytes only if a Worker will need them; otherwise let them be collected.
     const workerFiles = cfg.qoe && cfg.qoe.modes.includes('worker') ? files.map((f) => ({...f})) : null;
-    // ... or the placement stage, should the runtime say nodes left the GPU.
-    const placementFiles = cfg.target !== 'wasm' && adapter.placement ? files.map((f) => ({...f})) : null;
-    const fellBack = runtimeLog.fellBack;
+    // ... or the placement stage, when the runtime said while loading that nodes left the GPU.
+    const placementFiles = runtimeLog.fellBack && cfg.target !== 'wasm' && adapter.placement
+      ? files.map((f) => ({...f})) : null;
     files.length = 0;
 
     // First inference includes lazy work (kernel compilation, weight upload), so it is timed apart.
@@ -358,7 +358,7 @@ async function bench(cfg) {
 
     // Which nodes the GPU provider left to the CPU, when the runtime said some did (after all timing: a second
     // session, logging verbosely).
-    if (placementFiles && fellBack) {
+    if (placementFiles) {
       setStage('placement', cfg);
       runtimeLog.lines = [];
       runtimeLog.capture = true;

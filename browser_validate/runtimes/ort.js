@@ -55,9 +55,9 @@ function sessionArgs(files, target, extra = {}) {
   return [new Uint8Array(entry.data), options];
 }
 
-// onnxruntime names the nodes each execution provider took only in its verbose log ("Node(s) placed on [EP].
-// Number of nodes: n", then a line per node): a second session like load()'s, logging verbosely, released at once.
-// Measuring page only, after the measurement (the page reads the log).
+// onnxruntime says how many nodes each execution provider took, and which ones the GPU provider had no kernel for,
+// only in its verbose log: a second session like load()'s, logging verbosely, released at once. Measuring page only,
+// after the measurement (the page reads the log: bench.js parsePlacement).
 export async function placement({files, target}) {
   const s = await ort.InferenceSession.create(...sessionArgs(files, target, {logSeverityLevel: 0,
                                                                              logVerbosityLevel: 0}));
