@@ -3,8 +3,10 @@ process: its crash becomes that variant's recorded failure instead of the end of
 full-integer quantizer aborting on face_onet, which killed the Luigi worker and every task after it)."""
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -22,6 +24,23 @@ def _child(fn, args, kwargs, err_path: str):
     return fn(*args, **kwargs)
 
 
+@contextlib.contextmanager
+def _main_the_child_can_import():
+    """A spawned child re-runs the parent's main script by its path (`__main__.__file__`). A script read from stdin
+    (`python - <<EOF`) or `-c` has no such file and every child would die before running anything: the child then
+    starts as from an interactive session, which imports nothing of `__main__` (`fn` must live in a module)."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or getattr(getattr(main, "__spec__", None), "name", None) or path is None or os.path.isfile(path):
+        yield
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path
+
+
 def run_isolated(fn, *args, what: str, **kwargs):
     """`fn(*args, **kwargs)` in a fresh (spawned) Python process; its return value, or the exception it raised. A
     child that dies (abort, segfault, killed) raises ConversionError naming `what` and the end of its stderr.
@@ -31,7 +50,9 @@ def run_isolated(fn, *args, what: str, **kwargs):
     try:
         with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
             try:
-                return pool.submit(_child, fn, args, kwargs, str(err)).result()
+                with _main_the_child_can_import():  # the child is spawned here
+                    future = pool.submit(_child, fn, args, kwargs, str(err))
+                return future.result()
             except BrokenProcessPool:
                 lines = [ln for ln in err.read_text(errors="replace").splitlines() if ln.strip()]
                 raise ConversionError(f"{what}: the converter's process died (a native crash, not a Python error); "

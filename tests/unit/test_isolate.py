@@ -32,3 +32,16 @@ def test_a_native_abort_is_a_conversion_error_with_its_last_words():
                                               r"check failed: quantizer exploded"):
         run_isolated(_abort_after_saying, "quantizer exploded", what="litert int8 conversion")
     assert run_isolated(_add, 1, what="after a crash") == 1  # the caller's process goes on
+
+
+def test_a_build_driven_from_a_script_on_stdin_can_isolate(tmp_path):
+    # `python - <<EOF` has no main file a spawned child could re-run: it used to die as "process died ... none".
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = "from pipeline.isolate import run_isolated\nimport operator\nprint(run_isolated(operator.add, 2, 3, what='x'))\n"
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, cwd=root, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "5"
