@@ -38,7 +38,12 @@ ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")  # ORT colours its log lines
 POLL_MS = 100
 # The page stages that load the model and run it once: what an app pays to have it ready.
 MODEL_PHASE = ("download", "session", "first")
-QOE_CLICK_INTERVAL_MS = 200
+# The user-experience probe's window (bench.js qoeWindowMs): long enough for QOE_MIN_INFERENCES inferences at the
+# measured median latency and at least QOE_MIN_WINDOW_MS (90 frames; a click every QOE_CLICK_INTERVAL_MS, so about 15
+# clicks when the page answers them), at most the recipe's qoe_duration_ms. A 0.05 ms model needs no 3 s of it.
+QOE_CLICK_INTERVAL_MS = 100
+QOE_MIN_WINDOW_MS = 1500.0
+QOE_MIN_INFERENCES = 30
 # Console text that signals a WebGPU result can't be trusted even though inference "worked".
 GPU_ERROR_MARKERS = ("wgsl", "validation", "gpuvalidationerror", "device lost")
 # onnxruntime's native log lines carry a severity letter: [W:onnxruntime ...] is a warning, not an error.
@@ -71,9 +76,9 @@ class MeasureRequest:
     threads: int = 1  # 0: the host's core count (navigator.hardwareConcurrency); env["threads"] says what ran
     timeout_s: float = 300.0
     required_features: list[str] = field(default_factory=list)
-    # User-experience probe after timing: continuous inference for qoe_duration_ms in each mode
-    # ("main": on the page's main thread, "worker": in a Web Worker) while frames, event-loop lag and
-    # the delay of synthetic clicks are recorded. Empty: skipped.
+    # User-experience probe after timing: continuous inference in each mode ("main": on the page's main thread,
+    # "worker": in a Web Worker) while frames, event-loop lag and the delay of synthetic clicks are recorded, for a
+    # window sized by the measured latency (QOE_MIN_*), at most qoe_duration_ms. Empty: skipped.
     qoe_modes: list[str] = field(default_factory=list)
     qoe_duration_ms: float = 3000.0
     # {"fps": …, "input_delay_ms": …}: when the main thread meets both, the worker mode is not probed (the choice
@@ -82,6 +87,9 @@ class MeasureRequest:
     # Download time of the model files again under an emulated network (DevTools protocol), e.g.
     # {"name": "fast-4g", "download_kbps": 9000, "upload_kbps": 1500, "latency_ms": 60}. None: skipped.
     network_profile: dict | None = None
+    # False: that download is modelled, not watched (the same files' download was watched in another measurement of
+    # this variant: at another thread count the bytes and the network are the same).
+    network_watch: bool = True
     # Test hook: the page busy-loops synchronously when it reaches this stage
     # (import/probe/inputs/download/session/first/eval/warmup/timing).
     debug_hang_stage: str | None = None
@@ -268,6 +276,7 @@ def _run_page(req: MeasureRequest, origin: str, job_prefix: str, on_stage=None) 
             "feedback": dict(req.feedback) or None, "sequenceLength": req.sequence_length,
             "softwareGpu": req.software_gpu, "correctnessSamples": max(1, int(req.software_gpu_samples)),
             "qoe": {"modes": list(req.qoe_modes), "durationMs": float(req.qoe_duration_ms),
+                    "minMs": QOE_MIN_WINDOW_MS, "minInferences": QOE_MIN_INFERENCES,
                     "enough": {"fps": req.qoe_enough["fps"], "inputDelayMs": req.qoe_enough["input_delay_ms"]}
                     if req.qoe_enough else None} if req.qoe_modes else None,
         }
@@ -312,8 +321,10 @@ def _run_page(req: MeasureRequest, origin: str, job_prefix: str, on_stage=None) 
             modelled = _modelled_download(req.network_profile, req.model_files)
             # Watching a bandwidth limiter for minutes tells nothing its model does not (Chrome's throttling is
             # that model): above THROTTLED_DOWNLOAD_LIMIT_MS, on a remote browser, and in a correctness check
-            # (the download does not depend on the GPU), the figure is modelled.
-            watch = not (remote or modelled["ms"] > THROTTLED_DOWNLOAD_LIMIT_MS or r["env"].get("correctness_only"))
+            # (the download does not depend on the GPU), the figure is modelled; and where the caller watched it
+            # already (network_watch false: the same files at another thread count).
+            watch = req.network_watch and not (remote or modelled["ms"] > THROTTLED_DOWNLOAD_LIMIT_MS
+                                               or r["env"].get("correctness_only"))
             stage_log.append(("network", time.monotonic()))
             result.network_download = (_download_under_profile(context, page, req.network_profile, remaining_ms())
                                        if watch else modelled)

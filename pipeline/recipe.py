@@ -382,7 +382,8 @@ class Measure(_Strict):
     threads: list[int | Literal["cores"]] = Field(default_factory=lambda: [1], min_length=1)
     timeout_s: float = Field(600, gt=0)
     # User-experience probe: continuous inference on the main thread and in a Web Worker while frames,
-    # event-loop lag and input delay are recorded. [] skips it.
+    # event-loop lag and input delay are recorded. [] skips it. Each mode's window covers 30 inferences at the
+    # measured median latency and at least 1.5 s, at most qoe_duration_ms (browser_validate.harness QOE_*).
     qoe_modes: list[Literal["main", "worker"]] = Field(default_factory=lambda: ["main", "worker"])
     qoe_duration_ms: float = Field(3000, ge=200, le=60000)
     # Evaluate accuracy on N evenly spaced samples only on this backend (None: all). For software WebGPU,

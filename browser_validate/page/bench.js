@@ -6,7 +6,7 @@
 //
 // cfg (from harness.py): {runtime, target, threads, warmup, runs, evalBatch, feedback, sequenceLength, requiredFeatures, jobBase,
 //                         debugHangStage, softwareGpu, correctnessSamples,
-//                         qoe: {modes, durationMs, enough: {fps, inputDelayMs} | null} | null}
+//                         qoe: {modes, durationMs, minMs, minInferences, enough: {fps, inputDelayMs} | null} | null}
 
 import {TYPED, probeTarget, servedRuntime} from '/runtimes/adapter.js';
 
@@ -200,6 +200,13 @@ async function qoeWorker(cfg, files, single, durationMs) {
   }
 }
 
+// How long each user-experience mode is probed: minInferences inferences at the measured median latency, at least
+// minMs (frames and clicks to count), at most durationMs (the recipe's qoe_duration_ms).
+export function qoeWindowMs(latencies, qoe) {
+  const median = percentile(latencies, 50) || 0;
+  return Math.min(qoe.durationMs, Math.max(qoe.minMs || 0, (qoe.minInferences || 0) * median));
+}
+
 function isSoftwareGpu(target, info) {
   if (!info || target === 'wasm') return false;
   const text = [info.architecture, info.description, info.renderer, info.vendor].join(' ').toLowerCase();
@@ -335,6 +342,7 @@ async function bench(cfg) {
 
     if (cfg.qoe) {
       res.qoe = {};
+      const windowMs = qoeWindowMs(res.latency_ms, cfg.qoe);
       for (const mode of cfg.qoe.modes) {
         const main = res.qoe.main;
         if (mode === 'worker' && main && main.responsive === true) {
@@ -345,8 +353,8 @@ async function bench(cfg) {
         setStage(`qoe-${mode}`, cfg);
         try {
           res.qoe[mode] = mode === 'main'
-            ? await qoeMainThread(adapter, single, cfg.qoe.durationMs)
-            : await qoeWorker(cfg, workerFiles, single, cfg.qoe.durationMs);
+            ? await qoeMainThread(adapter, single, windowMs)
+            : await qoeWorker(cfg, workerFiles, single, windowMs);
           const verdict = isResponsive(res.qoe[mode], cfg.qoe.enough);
           if (verdict !== undefined) res.qoe[mode].responsive = verdict;
         } catch (e) {

@@ -59,11 +59,13 @@ def measure_in_browser(recipe, spec, target: str, files: list[Path], inputs: dic
                          timeout_s=m.timeout_s, qoe_modes=list(m.qoe_modes), qoe_duration_ms=m.qoe_duration_ms,
                          qoe_enough={"fps": SMOOTH_FPS, "input_delay_ms": INPUT_DELAY_OK_MS},
                          network_profile=m.network_profile.model_dump() if m.network_profile else None,
+                         # The throttled download is watched once per variant and target, at the first count.
+                         network_watch=(threads or str(m.threads[0])) == str(m.threads[0]),
                          required_features=list(spec.required_features.get(target, ())),
                          input_batch_axes={i.name: i.batch_axis for i in recipe.inputs},
                          output_batch_axes={o.name: o.batch_axis for o in recipe.outputs},
                          feedback=dict(recipe.data.feedback), sequence_length=recipe.data.sequence_length,
-                         host_endpoint=host.endpoint, host_launch=host.launch, software_gpu=m.software_gpu,
+                         host_endpoint=host.endpoint, host_launch=host.launch_options(), software_gpu=m.software_gpu,
                          software_gpu_samples=m.software_gpu_samples)
     log.info("%s: measuring %s on %s in Chromium on host %s (%s)", recipe.name, spec.name, target, host.name,
              host.device_class)

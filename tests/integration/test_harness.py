@@ -432,3 +432,20 @@ def test_job_folders_removed_after_timeout_and_crash(tiny_model, samples, tmp_pa
     assert res.status == "failed" and res.error.startswith("browser crashed"), res.error
     assert seen_at_crash, "no job folder existed when the renderer was killed"
     assert job_dirs() == set()
+
+
+@pytest.mark.browser
+def test_qoe_window_follows_the_latency_and_a_repeated_download_is_modelled(tiny_model, samples):
+    """A sub-millisecond model is probed for the window's floor, not the recipe's 20 s ceiling; a download already
+    watched at another thread count (network_watch false) is modelled, and says so."""
+    from browser_validate.harness import QOE_MIN_WINDOW_MS
+
+    profile = {"name": "lan", "download_kbps": 100000, "latency_ms": 5}
+    res = measure(MeasureRequest(runtime="ort", target="wasm", model_files=[tiny_model], inputs=samples, runs=3,
+                                 warmup=1, timeout_s=120, qoe_modes=["main"], qoe_duration_ms=20000,
+                                 network_profile=profile, network_watch=False))
+    assert res.status == "ok", res.error
+    q = res.qoe["main"]
+    assert QOE_MIN_WINDOW_MS <= q["duration_ms"] < QOE_MIN_WINDOW_MS + 1500, q
+    assert q["inferences"] >= 30 and q["input_delay_ms"]["n"] >= 3, q
+    assert res.network_download["basis"].startswith("modelled"), res.network_download
