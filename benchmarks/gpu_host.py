@@ -24,7 +24,6 @@ import os
 import pickle
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -105,16 +104,12 @@ def pack(args) -> None:
     print(f"packed {len(jobs)} candidates, {len(runtime_urls)} runtime files into {out}")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _browser_server(log: Path, lib_path: str | None) -> tuple[subprocess.Popen, str]:
     """`playwright run-server` here; Chromium inherits its environment (a client's launch `env` does not reach the
     browser through the server), so the browser's library path is set on the server."""
-    port = _free_port()
+    from pipeline.hosts import free_port
+
+    port = free_port()
     env = {**os.environ, **({"LD_LIBRARY_PATH": lib_path} if lib_path else {})}
     with open(log, "wb") as f:
         proc = subprocess.Popen([sys.executable, "-m", "playwright", "run-server", "--port", str(port), "--host",

@@ -30,6 +30,15 @@ CHROMIUM_ARGS = [
 ]
 
 
+def local_launch() -> dict:
+    """How this machine's Chromium is launched (Debian's, with CHROMIUM_ARGS): the local host's browser, and what a
+    browser server on this machine is asked to launch (pipeline.hosts: `build_machine` without `launch`)."""
+    exe = os.environ.get("BROWSER_VALIDATE_CHROMIUM") or shutil.which("chromium")
+    if not exe:
+        raise RuntimeError("chromium not found (set BROWSER_VALIDATE_CHROMIUM)")
+    return {"executable_path": exe, "args": list(CHROMIUM_ARGS), "headless": True}
+
+
 class _Browser:
     """Process-wide Playwright plus one browser per endpoint: "local" launches Chromium here; a ws:// endpoint is a
     Playwright browser server on another machine (`playwright run-server`), connected to with `launch` as its
@@ -55,10 +64,7 @@ class _Browser:
                 self.pw = sync_playwright().start()
                 self.pid = os.getpid()
             if endpoint == "local":
-                exe = os.environ.get("BROWSER_VALIDATE_CHROMIUM") or shutil.which("chromium")
-                if not exe:
-                    raise RuntimeError("chromium not found (set BROWSER_VALIDATE_CHROMIUM)")
-                browser = self.pw.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS, headless=True)
+                browser = self.pw.chromium.launch(**local_launch())
             else:
                 headers = {"x-playwright-launch-options": json.dumps(launch)} if launch else None
                 browser = self.pw.chromium.connect(endpoint, headers=headers, timeout=60_000)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import socket
 from pathlib import Path
 
 import luigi
@@ -54,6 +55,10 @@ class BrowserHost(BaseModel):
     launch: dict | None = None
     # What the machine is, in words (the page cannot see the CPU model); local: read from /proc/cpuinfo.
     cpu: str | None = None
+    # A browser server on a build machine itself (the one-machine setup): its measurements also take that machine's
+    # `timing` resource, so they never overlap native timings there, as a local browser's do; without `launch` the
+    # server launches this machine's Chromium as the local host does.
+    build_machine: bool = False
 
     @model_validator(mode="after")
     def _valid(self):
@@ -74,6 +79,20 @@ class BrowserHost(BaseModel):
     @property
     def resource(self) -> str:
         return f"browser_host_{self.name}"
+
+    @property
+    def shares_build_cores(self) -> bool:
+        return not self.remote or self.build_machine
+
+    def launch_options(self) -> dict | None:
+        """What the browser server is asked to launch: `launch`, else for a server on the build machine this
+        machine's Chromium with the local browser's arguments (the same browser a local measurement uses)."""
+        if self.launch is not None or not self.build_machine:
+            return self.launch
+        from browser_validate.browser import local_launch
+
+        o = local_launch()
+        return {"executablePath": o["executable_path"], "args": o["args"], "headless": o["headless"]}
 
     def describe_cpu(self) -> str | None:
         if self.cpu or self.remote:
@@ -140,6 +159,13 @@ def host(name: str) -> BrowserHost:
         if h.name == name:
             return h
     raise HostsError(f"no browser host named {name!r} (configured: {[h.name for h in load_hosts()]})")
+
+
+def free_port(address: str = "127.0.0.1") -> int:
+    """A TCP port free on `address` now: where to start a browser server (`playwright run-server --port`)."""
+    with socket.socket() as s:
+        s.bind((address, 0))
+        return s.getsockname()[1]
 
 
 def hosts_for(target: str) -> list[BrowserHost]:

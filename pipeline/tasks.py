@@ -531,12 +531,12 @@ class BrowserMeasure(RecipeTask):
 
     @property
     def resources(self):
-        # One measurement at a time per browser host; a local one also shares this machine's cores with the
-        # native timings ("timing").
+        # One measurement at a time per browser host; a local one (or a server on the build machine) also shares
+        # this machine's cores with the native timings ("timing").
         from pipeline.hosts import host
 
         h = host(self.host)
-        return {h.resource: 1, **({} if h.remote else {"timing": 1})}
+        return {h.resource: 1, **({"timing": 1} if h.shares_build_cores else {})}
 
     def requires(self):
         from pipeline.families import variant

@@ -3,7 +3,6 @@ of its own device class); the build measures on it and on the local browser, sel
 WebGPU decisions from the software adapter provisional."""
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -14,17 +13,11 @@ import yaml
 
 from browser_validate.browser import CHROMIUM_ARGS
 from models import tiny_recipe
-from pipeline.hosts import ENV_VAR, HostsError, load_hosts
+from pipeline.hosts import ENV_VAR, HostsError, free_port, load_hosts
 from pipeline.release.registry import read_index, validate_index
 from pipeline.tasks import BuildAll
 
 pytestmark = pytest.mark.browser
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +101,29 @@ def test_bad_hosts_file_is_refused_with_the_field_named(tmp_path, monkeypatch):
     hosts.write_text(yaml.safe_dump({"hosts": [{"name": "a", "device_class": "x"}, {"name": "a", "device_class": "y"}]}))
     with pytest.raises(HostsError, match="host names repeat"):
         load_hosts()
+
+
+def test_a_browser_server_on_the_build_machine_takes_its_timing_resource(tmp_path, monkeypatch):
+    """One machine standing for two (README: luigid, two workers and a browser server on this machine): measurements
+    on its own browser server must not overlap native timings, as a local browser's never do."""
+    from pipeline.tasks import BrowserMeasure
+
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe("tiny", "1", targets=["wasm"], variants=["fp32"])))
+    hosts = tmp_path / "hosts.yaml"
+    hosts.write_text(yaml.safe_dump({"hosts": [
+        {"name": "here", "endpoint": "ws://127.0.0.1:3000/", "device_class": "build-machine", "build_machine": True},
+        {"name": "farm1", "endpoint": "ws://10.0.0.7:3000/", "device_class": "office-pc"}]}))
+    monkeypatch.setenv(ENV_VAR, str(hosts))
+
+    def resources(name):
+        return BrowserMeasure(str(recipe), str(tmp_path / "art"), variant="fp32", target="wasm", host=name).resources
+
+    assert resources("here") == {"browser_host_here": 1, "timing": 1}
+    assert resources("farm1") == {"browser_host_farm1": 1}
+    # ... and, without its own launch options, the server launches the browser a local measurement uses.
+    from pipeline.hosts import host
+
+    assert host("here").launch_options() == {"executablePath": shutil.which("chromium"), "args": CHROMIUM_ARGS,
+                                             "headless": True}
+    assert host("farm1").launch_options() is None
