@@ -45,22 +45,24 @@ def digest_files(named_files, seed: bytes = b"") -> str:
 
 
 @contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock (flock) on `path`, held for the block: several workers, one writer."""
+def file_lock(path: Path, shared: bool = False) -> Iterator[None]:
+    """An advisory lock (flock) on `path`, held for the block: exclusive (several workers, one writer), or `shared`
+    (any number of shared holders; an exclusive one waits for them all, and they for it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        fcntl.flock(f.fileno(), fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
-def machine_lock(name: str) -> contextlib.AbstractContextManager:
-    """A lock shared by every process on this machine (whatever folder it builds in): e.g. "timing", so two timed
-    tasks never overlap here however a central scheduler hands them out."""
-    return file_lock(Path(tempfile.gettempdir()) / f"browser-model-release-{name}.lock")
+def machine_lock(name: str, shared: bool = False) -> contextlib.AbstractContextManager:
+    """A lock shared by every process on this machine (whatever folder it builds in): e.g. "timing", held
+    exclusively by timed work and shared by the rest, so a timing never overlaps other work here however a central
+    scheduler hands tasks out."""
+    return file_lock(Path(tempfile.gettempdir()) / f"browser-model-release-{name}.lock", shared=shared)
 
 
 def _make_readable(root: Path) -> None:

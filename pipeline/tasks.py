@@ -104,11 +104,17 @@ class RecipeTask(luigi.Task):
         req = self.requires()
         return req if isinstance(req, dict) else {str(i): t for i, t in enumerate(luigi.task.flatten(req))}
 
+    # Work that uses no cores of this machine (a measurement in a browser elsewhere) does not wait for its timings.
+    uses_build_cores = True
+
     def machine_lock(self):
-        """Timed work (resource `timing`) holds this machine's timing lock: luigid grants resources across all
-        machines, so with `[resources] timing = <machines>` two timed tasks could still land on one machine; the
-        lock keeps them apart there (fsutil.machine_lock)."""
-        return machine_lock("timing") if "timing" in (self.resources or {}) else contextlib.nullcontext()
+        """Timed work (resource `timing`) holds this machine's timing lock exclusively, every other task shares it:
+        a timing never overlaps a conversion of another worker here (on 2 cores that skewed timings), while
+        conversions still run side by side. The resource alone is not enough: luigid grants it across all machines
+        and never weighs untimed tasks (fsutil.machine_lock)."""
+        if "timing" in (self.resources or {}):
+            return machine_lock("timing")
+        return machine_lock("timing", shared=True) if self.uses_build_cores else contextlib.nullcontext()
 
     def stored_result(self) -> dict | None:
         """This task's result in the local artifacts folder, fetched from the shared build store (pipeline.build_store)
@@ -537,6 +543,10 @@ class BrowserMeasure(RecipeTask):
 
         h = host(self.host)
         return {h.resource: 1, **({"timing": 1} if h.shares_build_cores else {})}
+
+    @property
+    def uses_build_cores(self) -> bool:
+        return self._host().shares_build_cores
 
     def requires(self):
         from pipeline.families import variant

@@ -154,3 +154,46 @@ def test_machine_lock_keeps_timed_work_apart_across_processes(tmp_path):
         p.join(10)
     events = [line.split()[0] for line in log.read_text().splitlines()]
     assert events == ["in", "out", "in", "out"]
+
+
+def test_shared_holders_run_together_and_timed_work_waits_for_them(tmp_path):
+    """Conversions share the machine's timing lock (several at once); a timing takes it alone, after them."""
+    import fcntl
+    import tempfile
+    import threading
+    from pathlib import Path
+
+    from pipeline.fsutil import machine_lock
+
+    name = f"test-shared-{os.getpid()}"
+    path = Path(tempfile.gettempdir()) / f"browser-model-release-{name}.lock"
+
+    def try_lock(mode) -> bool:
+        with open(path, "a+") as f:
+            try:
+                fcntl.flock(f.fileno(), mode | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            return True
+
+    with machine_lock(name, shared=True), machine_lock(name, shared=True):  # two conversions at once
+        assert try_lock(fcntl.LOCK_SH) and not try_lock(fcntl.LOCK_EX)
+    order = []
+    release = threading.Event()
+
+    def conversion():
+        with machine_lock(name, shared=True):
+            order.append("conversion in")
+            release.wait(10)
+            order.append("conversion out")
+
+    t = threading.Thread(target=conversion)
+    t.start()
+    while not order:
+        time.sleep(0.01)
+    threading.Timer(0.3, release.set).start()
+    with machine_lock(name):  # the timing waits for the conversion to finish
+        order.append("timing")
+    t.join(10)
+    assert order == ["conversion in", "conversion out", "timing"]
