@@ -32,10 +32,10 @@ WIDTH = 48  # conv weights 48x3x3x3 = 1296 >= 1024 elements: dynamic-range int8 
 # Browser against the interpreter running the same file, relative to the largest output magnitude: the same XNNPACK
 # kernels on wasm; WebGPU computes float32 on SwiftShader (no shader-f16), int8 with its own kernels.
 BROWSER_TOL = {"litert_fp32": 1e-5, "litert_fp16": 1e-4, "litert_int8_dynamic": 2e-2, "litert_int8": 2e-2,
-               "litert_int8_mixed": 2e-2}
+               "litert_int8_mixed": 2e-2, "litert_int8_partial": 2e-2}
 # The interpreter against PyTorch.
 REFERENCE_TOL = {"litert_fp32": 1e-5, "litert_fp16": 5e-3, "litert_int8_dynamic": 5e-2, "litert_int8": 5e-2,
-                 "litert_int8_mixed": 5e-2}
+                 "litert_int8_mixed": 5e-2, "litert_int8_partial": 5e-2}
 
 
 def recipe_dict(**fields) -> dict:
@@ -96,12 +96,13 @@ def _close(got: np.ndarray, want: np.ndarray, tol: float, what: str) -> float:
 
 
 def test_variant_specs_and_runtime_row():
-    assert set(VARIANTS) == {"litert_fp32", "litert_fp16", "litert_int8_dynamic", "litert_int8", "litert_int8_mixed"}
+    assert set(VARIANTS) == {"litert_fp32", "litert_fp16", "litert_int8_dynamic", "litert_int8", "litert_int8_mixed",
+                             "litert_int8_partial"}
     for s in VARIANTS.values():
         assert (s.family, s.runtime, s.native, s.prerequisites) == ("litert", "litert", "litert", ("saved_model",))
         assert s.targets == ("wasm", "webgpu")
-        assert s.needs_calibration == (s.name in ("litert_int8", "litert_int8_mixed"))
-        assert (s.quantization_record is not None) == (s.name == "litert_int8_mixed")
+        assert s.needs_calibration == (s.name in ("litert_int8", "litert_int8_mixed", "litert_int8_partial"))
+        assert (s.quantization_record is not None) == (s.name in ("litert_int8_mixed", "litert_int8_partial"))
     rt = RUNTIMES["litert"]
     assert rt.js == "litert.js" and rt.targets == ("wasm", "webgpu")
     prefix, root = rt.static_mount
@@ -164,8 +165,8 @@ def test_files_and_manifest(built):
         man = json.loads(files[1].read_text())
         assert man["quantization"] == {"litert_fp32": None, "litert_fp16": "float16",
                                        "litert_int8_dynamic": "dynamic_int8", "litert_int8": "int8",
-                                       "litert_int8_mixed": "int8_mixed"}[name]
-        assert ("quantization_record" in man) == (name == "litert_int8_mixed")
+                                       "litert_int8_mixed": "int8_mixed", "litert_int8_partial": "int8_partial"}[name]
+        assert ("quantization_record" in man) == (name in ("litert_int8_mixed", "litert_int8_partial"))
         (i,), (o,) = man["inputs"], man["outputs"]
         # The recipe's names, layout and float32 I/O; the static shape LiteRT.js runs (a dynamic batch as 1).
         assert (i["name"], i["dtype"], i["shape"], i["batch_axis"], i["layout"]) == \
@@ -266,6 +267,49 @@ def test_int8_mixed_keeps_the_layers_it_names_float(built, tmp_path):
 
 
 @pytest.mark.toolchain
+def test_int8_partial_makes_int8_only_what_calibration_allows(built, tmp_path):
+    """litert_int8_partial, on calibration samples: each op measured int8 alone, then added in order of its error
+    while the model stays inside the goal (no top-1 bound here: output error <= max_error). Every op it names int8
+    has an int8 output in the .tflite, every op it keeps float a float32 one; the result is inside the goal; each
+    op kept float says why; the report's line carries them."""
+    from pipeline.families import build_variant, kept_float
+
+    recipe = Recipe.model_validate(recipe_dict(budget={"max_abs_error": 10.0}))
+    calib = {"input": models.samples(n=32, seed=7).inputs["input"]}
+    files = litert.saved_model_to_tflite(built["root"] / "Prerequisite-saved_model" / "saved_model",
+                                         tmp_path / "partial", quantization="int8_partial", calibration=calib,
+                                         recipe=recipe)
+    man = json.loads(files[1].read_text())
+    rec = man["quantization_record"]
+    assert rec == litert.quantization_record(files[0]) and rec["goal"] == {"max_error": litert.PARTIAL_MAX_ERROR}
+    assert rec["int8_ops"] == len(rec["int8_nodes"]) > 0 and rec["calibration"]["samples"] == 32
+    assert rec["result"]["error"] <= litert.PARTIAL_MAX_ERROR and 0 < rec["int8_mac_share"] <= 1
+    assert len(rec["alone"]) == rec["ops"] == rec["int8_ops"] + len(rec["float_nodes"])
+    # the int8 ops were added in order of their own error
+    alone = {r["node"]: r["error"] for r in rec["alone"]}
+    assert all(alone[n["node"]] == n["error"] for n in rec["int8_nodes"])
+    layers = _float_layers(files[0].read_bytes())
+    for n in rec["int8_nodes"]:  # int8, or the model's float output dequantized from it under the op's name
+        op, out_dtype, *in_dtypes = layers[n["node"]]
+        assert out_dtype == "int8" or (op, in_dtypes) == ("DEQUANTIZE", ["int8"]), (n, layers[n["node"]])
+    for n in rec["float_nodes"]:
+        assert layers[n["node"]][1] == "float32", (n, layers[n["node"]])
+        assert "outside the goal" in n["why"] and "output error" in n["why"]
+    assert man["tensor_dtypes"]["int8"] > 0 and man["tensor_dtypes"]["float32"] > 0
+    # The default recipe (top-1 bound 0.9): the build record and the report's line say what stayed float.
+    spec = VARIANTS["litert_int8_partial"]
+    out = tmp_path / "Variant-litert_int8_partial"
+    inputs = BuildInputs(canonical_onnx=built["root"] / "canonical.onnx", calibration=calib, recipe=built["recipe"],
+                         prerequisites={"saved_model": built["root"] / "Prerequisite-saved_model"})
+    got = build_variant(spec, inputs, out)
+    rec = got["quantization"]
+    assert rec == litert.quantization_record(out / "model.tflite") and rec["goal"]["reached"] is True
+    assert rec["result"]["top1_agreement"] >= rec["goal"]["top1_agreement"]["logits"] == 0.92
+    line = kept_float(rec)
+    assert line.startswith("kept float: ") and all(n["node"] in line for n in rec["float_nodes"])
+
+
+@pytest.mark.toolchain
 def test_unsupported_op_is_named(tmp_path):
     """tf.linalg.det has no TFLite builtin (only TF Select, which LiteRT.js lacks): the op is named, nothing kept."""
     import tensorflow as tf
@@ -294,7 +338,8 @@ def test_unsupported_op_is_named(tmp_path):
 # ------------------------------------------------------------------------------------------- browser
 
 BROWSER_CASES = [(v, t) for v in ("litert_fp32", "litert_fp16", "litert_int8_dynamic", "litert_int8")
-                 for t in ("wasm", "webgpu")] + [("litert_int8_mixed", "wasm")]  # float islands in an int8 model
+                 for t in ("wasm", "webgpu")] + [("litert_int8_mixed", "wasm"),  # float islands in an int8 model
+                                                 ("litert_int8_partial", "wasm")]  # int8 islands in a float one
 
 
 @pytest.mark.toolchain

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.families import BuildInputs, VariantSpec, register
-from pipeline.families.litert.convert import quantization_record, saved_model_to_tflite
+from pipeline.families.litert.convert import MIXED, quantization_record, saved_model_to_tflite
 from pipeline.isolate import run_isolated
 from pipeline.outcome import ConversionError
 
@@ -27,8 +27,8 @@ def _variant(quantization: str | None):
 
 VARIANTS = [
     VariantSpec(name=name, runtime="litert", build=_variant(q), description=desc, native="litert",
-                needs_calibration=q in ("int8", "int8_mixed"), prerequisites=("saved_model",),
-                quantization_record=quantization_record if q == "int8_mixed" else None)
+                needs_calibration=q in ("int8", *MIXED), prerequisites=("saved_model",),
+                quantization_record=quantization_record if q in MIXED else None)
     for name, q, desc in (
         ("litert_fp32", None, "TFLite (LiteRT) flatbuffer, float32, static shapes (a dynamic batch as 1)"),
         ("litert_fp16", "float16", "TFLite, float16 weights (dequantized to float32 on the CPU; the WebGPU delegate "
@@ -44,6 +44,12 @@ VARIANTS = [
          "when it raises top-1 agreement with the float model (or lowers the output error by >= 2 %), until the "
          "budget's agreement + 0.02 is reached, at most 8 layers. Which layers and why: litert_manifest.json "
          "'quantization_record'"),
+        ("litert_int8_partial", "int8_partial",
+         "TFLite, the float32 model with int8 (per-channel weights, calibrated activations) only in the ops where "
+         "the calibration samples (never the evaluation data) show it harmless: each op measured int8 alone, then "
+         "added in order of its error while top-1 agreement with the float model stays >= the budget's bound + "
+         "0.02 (without a top-1 bound: output error <= 1e-3); the rest float (TensorFlow's denylisted_nodes). "
+         "Which ops stay float and why: litert_manifest.json 'quantization_record'"),
     )
 ]
 

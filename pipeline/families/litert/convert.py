@@ -19,7 +19,9 @@ Quantizations (``QUANTIZATIONS``): ``None`` float32; ``float16`` weights (dequan
 manifest says how many it did); ``int8`` full-integer int8 calibrated on the recipe's calibration samples, with
 float32 input and output kept (Quantize/Dequantize at the boundary) so the page feeds floats; ``int8_mixed`` the same
 with the layers where int8 hurts most kept float, chosen by a sensitivity pass on the calibration samples
-(:func:`int8_mixed`; which layers and why: the manifest's ``quantization_record``).
+(:func:`int8_mixed`; which layers and why: the manifest's ``quantization_record``); ``int8_partial`` the other way
+round: the float model with int8 only where the calibration samples show it harmless (:func:`int8_partial`; same
+record).
 
 Only TFLite builtin ops are allowed (no Flex / TF Select: LiteRT.js has no TensorFlow kernels); an op outside them
 is an UnsupportedOp naming it. Every model is loaded into the interpreter once before it is kept, and a float32
@@ -43,8 +45,9 @@ from pipeline.sources.keras import tensorflow
 
 MODEL_FILE = "model.tflite"
 MANIFEST_FILE = LITERT_MANIFEST            # litert_manifest.json, beside model.tflite
-QUANT_RECORD_KEY = "quantization_record"   # the manifest's record of an int8_mixed model: layers kept float, why
-QUANTIZATIONS = (None, "float16", "dynamic_int8", "int8", "int8_mixed")
+QUANT_RECORD_KEY = "quantization_record"   # the manifest's record of a mixed model: layers kept float, why
+QUANTIZATIONS = (None, "float16", "dynamic_int8", "int8", "int8_mixed", "int8_partial")
+MIXED = ("int8_mixed", "int8_partial")     # int8 with float layers chosen on calibration samples: a record each
 LITERT_JS_DTYPES = ("float32", "int32", "uint8")  # what a LiteRT.js 2.5.3 Tensor carries (its DATATYPES)
 CALIBRATION_LIMIT = 500                  # representative samples the int8 calibration sees at most
 STEP = "tflite converter"
@@ -251,7 +254,7 @@ def _converted(quantization: str | None, run):
         ops, summary = converter_failure(msg)
         if ops:
             why = ("no int8 kernel / not quantizable"
-                   if quantization in ("int8", "int8_mixed") and _NOT_QUANTIZABLE.search(msg)
+                   if quantization in ("int8", *MIXED) and _NOT_QUANTIZABLE.search(msg)
                    else "not a TFLite builtin op (would need TF Select / Flex ops, which LiteRT.js lacks)")
             raise UnsupportedOp(STEP, ops, f"{why}: {summary}") from None
         raise ConversionError(f"{STEP}: {type(e).__name__}: {summary}") from None
@@ -448,9 +451,165 @@ def int8_mixed(static_sm: Path, calibration, inputs: list[dict], axes, io: dict,
     return model, record
 
 
+# ----------------------------------------------------------------------------------------------- int8_partial
+# int8_mixed starts from the all-int8 model and buys float layers back; on a network whose int8 error is spread over
+# every layer (MobileNetV2: no few layers matter, each float layer lowers the error by a few %) that cannot reach a
+# tight budget. int8_partial starts from the float model and makes int8 only the ops that, measured on calibration
+# samples, keep the model inside its goal: on MobileNetV2 most ops in the middle of the network cost almost nothing
+# in int8 alone, the stem, the 160-channel stage (activation ranges of +-30 at its residual adds) and the input
+# quantization cost the budget.
+PARTIAL_MAX_ERROR = 1e-3         # without a top-1 bound: the output error (relative, squared) the int8 ops may add
+
+
+def _op_nodes(model: bytes) -> list[dict]:
+    """Every op of a (calibrated, float) model in execution order: its node name (its first output tensor's, as
+    denylisted_nodes names it), op type and multiply-accumulates (convolutions and fully connected layers; 0 else)."""
+    Interpreter, OpResolverType = _interpreter_class()
+    it = Interpreter(model_content=model, num_threads=1,
+                     experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    tensors = {d["index"]: d for d in it.get_tensor_details()}
+    nodes = []
+    for op in it._get_ops_details():  # noqa: SLF001 - op list: the public API has none
+        outs = [o for o in op["outputs"] if o in tensors]
+        if not outs:
+            continue
+        shape = [int(d) for d in tensors[outs[0]]["shape"]]
+        weights = ([int(d) for d in tensors[op["inputs"][1]]["shape"]]
+                   if len(op["inputs"]) > 1 and op["inputs"][1] in tensors else [])
+        name = op["op_name"]
+        macs = 0
+        if name == "CONV_2D" and len(weights) == 4:
+            macs = int(np.prod(shape[:-1])) * int(np.prod(weights))
+        elif name == "DEPTHWISE_CONV_2D" and len(weights) == 4:
+            macs = int(np.prod(shape)) * weights[1] * weights[2]
+        elif name == "FULLY_CONNECTED" and len(weights) == 2:
+            macs = int(np.prod(shape[:-1])) * int(np.prod(weights))
+        nodes.append({"node": tensors[outs[0]]["name"], "op": name, "macs": macs})
+    return nodes
+
+
+def _int8_outputs(model: bytes) -> set[str]:
+    """Names of the tensors an op of `model` produces in int8, and of float outputs a DEQUANTIZE makes from int8."""
+    Interpreter, OpResolverType = _interpreter_class()
+    it = Interpreter(model_content=model, num_threads=1,
+                     experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    tensors = {d["index"]: d for d in it.get_tensor_details()}
+    out = set()
+    for op in it._get_ops_details():  # noqa: SLF001
+        ins = [np.dtype(tensors[i]["dtype"]).name for i in op["inputs"] if i in tensors]
+        for o in op["outputs"]:
+            if o in tensors and (np.dtype(tensors[o]["dtype"]).name == "int8"
+                                 or (op["op_name"] == "DEQUANTIZE" and ins == ["int8"])):
+                out.add(tensors[o]["name"])
+    return out
+
+
+def int8_partial(static_sm: Path, calibration, inputs: list[dict], axes, io: dict, recipe=None, *,
+                 samples: int = SENSITIVITY_SAMPLES, max_error: float = PARTIAL_MAX_ERROR) -> tuple[bytes, dict]:
+    """The float model with int8 (as ``int8``: per-channel int8 weights, int8 activations calibrated on the
+    recipe's calibration samples) only where the calibration samples show it harmless; the rest float, by
+    TensorFlow's selective quantization (``denylisted_nodes`` on the calibrated model, as
+    QuantizationDebugger applies it). On calibration samples only (never the evaluation data):
+
+    1. each op is made int8 alone (every other op float) and measured against the float32 TFLite model: top-1
+       agreement on the outputs the budget bounds by it, and the output error;
+    2. in order of that error (smallest first; among equals the op with more multiply-accumulates first), each op
+       whose own measurement stays inside the goal is added to the int8 ops when the model with it and those
+       already added still does: top-1 agreement >= the budget's bound + SENSITIVITY_MARGIN on every such
+       output, else (no top-1 bound) output error <= ``max_error``.
+
+    Deterministic (fixed samples, 1 thread). Returns the model and the record the manifest keeps
+    (``quantization_record``): the ops kept float and why, the int8 ops, the share of the multiply-accumulates in
+    int8, and the figures measured. An op type the quantizer cannot make int8 stays float whatever it is asked."""
+    import time
+
+    from pipeline.families import own_calibration
+    from pipeline.outcome import NotApplicable
+
+    own_calibration(recipe, "int8_partial")
+    tf = tensorflow()
+    from tensorflow.lite.python.convert import mlir_quantize  # what QuantizationDebugger quantizes with
+
+    t0 = time.perf_counter()
+    converter, calib = _int8_converter(static_sm, calibration, inputs, axes)
+    converter._experimental_calibrate_only = True  # noqa: SLF001 - the float model with its calibrated ranges
+    calibrated = _converted("int8_partial", converter.convert)
+    pick = np.unique(np.linspace(0, len(calib) - 1, min(samples, len(calib))).round().astype(int))
+    probe = [calib[i] for i in pick]
+    float_model = _convert(static_sm, None, calibration, inputs, axes)
+    trials = _Trials(float_model, probe, io, recipe)
+    goals = _agreement_goals(recipe, io)
+    nodes = _op_nodes(calibrated)
+    names = [n["node"] for n in nodes]
+
+    def quantized(int8: set[str]) -> bytes:
+        deny = [n for n in names if n not in int8]
+        return _converted("int8_partial", lambda: mlir_quantize(
+            calibrated, False, input_data_type=tf.float32, output_data_type=tf.float32, denylisted_nodes=deny))
+
+    def inside(m: dict) -> bool:
+        return bool(m["reached"]) if goals else m["error"] <= max_error
+
+    def figures(m: dict) -> str:
+        return (f"top-1 agreement {m['top1_agreement']:.3f}, " if goals else "") + f"output error {m['error']:.3g}"
+
+    goal = (" and ".join(f"top-1 agreement >= {g:.3f}" for g in goals.values()) if goals
+            else f"output error <= {max_error:g}")
+    alone = []
+    for n in nodes:
+        m = trials.measure(quantized({n["node"]}), goals)
+        alone.append({**n, **{k: v for k, v in m.items() if k != "reached"}, "inside": inside(m)})
+    t_alone = time.perf_counter() - t0
+    order = sorted(alone, key=lambda r: (r["error"], -r["macs"], names.index(r["node"])))
+    int8, current, why_float = [], None, {}
+    for r in order:
+        if not r["inside"]:
+            why_float[r["node"]] = f"int8 alone already outside the goal ({goal}): {figures(r)}"
+            continue
+        m = trials.measure(quantized(set(int8) | {r["node"]}), goals)
+        if inside(m):
+            int8.append(r["node"])
+            current = m
+        else:
+            why_float[r["node"]] = (f"int8 alone {figures(r)}; with the {len(int8)} int8 ops before it "
+                                    f"{figures(m)}: outside the goal ({goal})")
+    if not int8:
+        raise NotApplicable(f"int8_partial: no op can be int8 inside the goal ({goal}) on {len(pick)} calibration "
+                            "samples: the model stays float (litert_fp32)")
+    model = quantized(set(int8))
+    # What the quantizer actually made int8 (an op it cannot quantize stays float whatever it is asked): the op's
+    # output int8, or the model's float output dequantized from it under the op's name.
+    made = _int8_outputs(model)
+    for n in [n for n in int8 if n not in made]:
+        int8.remove(n)
+        why_float[n] = "asked int8, the quantizer kept it float (no int8 kernel for it)"
+    total = sum(n["macs"] for n in nodes) or 1
+    by_node = {r["node"]: r for r in alone}
+    record = {
+        "method": "float model, int8 only where calibration samples show it harmless: TFLite's calibrated model "
+                  "quantized with every other op in denylisted_nodes (per-channel int8 weights, int8 activations "
+                  "ranged by min/max on the calibration samples); ops measured int8 alone, then added in order of "
+                  "their error while the model stays inside the goal",
+        "calibration": {"samples": len(calib), "sensitivity_samples": len(pick)},
+        "error_metric": "mean over outputs of ||int8 - float||^2 / ||float||^2 against the float32 TFLite model "
+                        "on calibration samples",
+        "goal": ({"top1_agreement": goals, "reached": bool(current and current.get("reached"))} if goals
+                 else {"max_error": max_error}),
+        "result": current, "ops": len(nodes), "int8_ops": len(int8),
+        "int8_mac_share": round(sum(by_node[n]["macs"] for n in int8) / total, 4),
+        "int8_nodes": [{k: by_node[n][k] for k in ("node", "op", "macs", "error")} for n in names if n in int8],
+        "float_nodes": [{"node": n["node"], "op": n["op"], "macs": n["macs"], "why": why_float[n["node"]]}
+                        for n in nodes if n["node"] in why_float],
+        "alone": [{k: v for k, v in r.items() if k != "inside"} for r in alone],
+        "rule": {"margin": SENSITIVITY_MARGIN, **({} if goals else {"max_error": max_error})},
+        "seconds": {"alone": round(t_alone, 2), "total": round(time.perf_counter() - t0, 2)},
+    }
+    return model, record
+
+
 def quantization_record(path: Path) -> dict | None:
-    """What a model says of its quantization (int8_mixed: which layers were kept float and why), from the manifest
-    beside it."""
+    """What a model says of its quantization (int8_mixed, int8_partial: which layers were kept float and why), from
+    the manifest beside it."""
     manifest = Path(path).parent / MANIFEST_FILE
     return json.loads(manifest.read_text()).get(QUANT_RECORD_KEY) if manifest.is_file() else None
 
@@ -536,6 +695,8 @@ def saved_model_to_tflite(saved_model_dir: str | Path, out_dir: str | Path, *, q
         record = None
         if quantization == "int8_mixed":
             model, record = int8_mixed(static_sm, calibration, inputs, axes, io, recipe)
+        elif quantization == "int8_partial":
+            model, record = int8_partial(static_sm, calibration, inputs, axes, io, recipe)
         else:
             model = _convert(static_sm, quantization, calibration, inputs, axes)
     ops, tensor_types = _model_ops(model)
@@ -562,7 +723,7 @@ def saved_model_to_tflite(saved_model_dir: str | Path, out_dir: str | Path, *, q
                                     "batch_axis": out_axes[o["name"]]})
     if record is not None:
         manifest[QUANT_RECORD_KEY] = record
-    if quantization in ("dynamic_int8", "int8", "int8_mixed") and not tensor_types.get("int8"):
+    if quantization in ("dynamic_int8", "int8", *MIXED) and not tensor_types.get("int8"):
         manifest["note"] = "the converter quantized no tensor (dynamic range: only weights of >= 1024 elements)"
     with atomic_dir(out_dir, merge=True, last=MODEL_FILE) as tmp:
         (tmp / MODEL_FILE).write_bytes(model)
