@@ -212,13 +212,21 @@ def build_variant(spec: VariantSpec, inputs: BuildInputs, out_dir: Path) -> dict
     return record
 
 
-def kept_float(quantization: dict | None) -> str | None:
+def kept_float(quantization: dict | None, shown: int = 12) -> str | None:
     """One line for a report: the layers a mixed-precision variant kept float and why (its quantization record's
-    ``float_nodes``, each with its node, op and measured ``why``), or that it kept none."""
+    ``float_nodes``, each with its node, op and measured ``why``; the first `shown`, the record has them all), or that
+    it kept none; with how much is int8 when the record says (``int8_ops`` of ``ops``, ``int8_mac_share``)."""
     if not quantization:
         return None
     nodes = quantization.get("float_nodes") or []
     if not nodes:
         return "kept float: none (all layers int8)"
-    return "kept float: " + "; ".join(f"{n['node']} ({n.get('op', '?')}: {n['why'].removeprefix('kept float: ')})"
-                                      for n in nodes)
+    line = "kept float: " + "; ".join(f"{n['node']} ({n.get('op', '?')}: {n['why'].removeprefix('kept float: ')})"
+                                      for n in nodes[:shown])
+    if len(nodes) > shown:
+        line += f"; and {len(nodes) - shown} more (the variant's quantization record names each)"
+    if quantization.get("int8_ops") is not None and quantization.get("ops"):
+        share = quantization.get("int8_mac_share")
+        line += (f" | int8: {quantization['int8_ops']} of {quantization['ops']} ops"
+                 + (f" ({share:.0%} of the multiply-accumulates)" if share is not None else ""))
+    return line
