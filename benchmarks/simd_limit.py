@@ -199,7 +199,9 @@ def write(rows, env, args, seconds) -> None:
     lines = [
         "# The browser's floor on this CPU, per kernel (1 thread)", "",
         f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC in {seconds:.0f} s; regenerate: "
-        f"`.venv/bin/python benchmarks/simd_limit.py --rounds {args.rounds}` (how: the script's docstring).", "",
+        f"`.venv/bin/python benchmarks/simd_limit.py --rounds {args.rounds}"
+        + (f" --artifacts <a build's artifacts> --models {args.models}` (whole models from {args.artifacts})"
+           if args.artifacts else "`") + " (how: the script's docstring).", "",
         f"- CPU: {cpu}, {os.cpu_count()} cores; "
         f"{' '.join(f for f in flags if f.startswith(('avx512f', 'avx512_vnni', 'fma', 'avx2')))}",
         f"- browser: {env.get('litert', {}).get('userAgent', '?')}; LiteRT.js {env.get('litert', {}).get('version')} "
