@@ -366,6 +366,10 @@ def _run_page(req: MeasureRequest, origin: str, job_prefix: str, on_stage=None) 
                       "memory_pids": len(page_renderers), "console": console[-50:],
                       **({"served": "routed through Playwright from the measuring machine"} if remote else {})}
         _close_context(context, page_renderers, hung=hung, endpoint=req.host_endpoint)
+        if result.error and result.error.startswith("browser crashed"):
+            # A browser that died may still look connected (a server's Chromium behind a live connection): every
+            # later measurement on it would fail as "closed". The next one launches (or connects) afresh.
+            _BROWSER.close(req.host_endpoint)
         result.stage_seconds = stage_seconds(stage_log)
     return result
 

@@ -127,3 +127,40 @@ def test_a_browser_server_on_the_build_machine_takes_its_timing_resource(tmp_pat
     assert host("here").launch_options() == {"executablePath": shutil.which("chromium"), "args": CHROMIUM_ARGS,
                                              "headless": True}
     assert host("farm1").launch_options() is None
+
+
+def test_a_remote_browser_that_dies_is_replaced_for_the_next_measurement(tmp_path, browser_server):
+    """The server's Chromium killed mid-measurement: that measurement is a (retryable) crash, and the next one on the
+    same host gets a fresh browser instead of failing as "closed" (seen: a whole recipe's GPU measurements)."""
+    import threading
+
+    import numpy as np
+    import psutil
+
+    from browser_validate.harness import MeasureRequest, measure
+    from models import onnx_mlp
+
+    model = onnx_mlp(tmp_path / "model.onnx")
+    x = {"x": np.random.default_rng(1).standard_normal((4, 16)).astype(np.float32)}
+    port = browser_server.rstrip("/").rsplit(":", 1)[1]
+    server = next(p for p in psutil.process_iter(["cmdline"])
+                  if "run-server" in (p.info["cmdline"] or []) and port in (p.info["cmdline"] or []))
+    launch = {"executablePath": shutil.which("chromium"), "args": CHROMIUM_ARGS, "headless": True}
+
+    def request(**kw):
+        return MeasureRequest(runtime="ort", target="wasm", model_files=[model], inputs=x, runs=2, warmup=1,
+                              timeout_s=60, host_endpoint=browser_server, host_launch=launch, **kw)
+
+    def kill_the_servers_browsers():
+        time.sleep(4)  # the page is busy-looping in "eval" by then
+        for p in server.children(recursive=True):
+            if "chromium" in p.name() and not any(a.startswith("--type=") for a in p.cmdline()):
+                p.kill()
+
+    killer = threading.Thread(target=kill_the_servers_browsers)
+    killer.start()
+    dead = measure(request(debug_hang_stage="eval"))
+    killer.join()
+    assert dead.status == "failed" and dead.error.startswith("browser crashed"), dead.error
+    after = measure(request())
+    assert after.status == "ok", after.error
