@@ -4,8 +4,9 @@ each task recorded (its result.json `seconds`), summed per stage and per recipe.
     .venv/bin/python benchmarks/build_time.py                      # cold build into a fresh folder, then a no-op
     .venv/bin/python benchmarks/build_time.py --artifacts artifacts --no-build   # summarise a build already made
 
-Task seconds are the worker's wall time inside each task (conversions, the browser, native timing); with one
-worker they add up to about the build's wall time, the rest being scheduling and completion checks. Writes
+Task seconds are the worker's wall time inside each task (conversions, the browser, native timing), less the time
+it waited for the machine's timing lock (`lock_wait_s`: with several workers a task waits for another's timing);
+with one worker they add up to about the build's wall time, the rest being scheduling and completion checks. Writes
 benchmarks/results/build_time.md (committed) and prints it.
 """
 from __future__ import annotations
@@ -58,9 +59,10 @@ def summarise(artifacts: Path) -> tuple[dict, dict, dict, dict]:
         r = json.loads(res.read_text())
         stage = stage_of(res.parent.name)
         recipe = res.parent.parent.parent.name
-        by_stage[stage] += r.get("seconds", 0.0)
+        work = r.get("seconds", 0.0) - r.get("lock_wait_s", 0.0)
+        by_stage[stage] += work
         count[stage] += 1
-        by_recipe[recipe][stage] += r.get("seconds", 0.0)
+        by_recipe[recipe][stage] += work
         for name, sec in (r.get("stage_seconds") or {}).items():  # inside a browser measurement
             page[stage][name] += sec
     return by_stage, count, by_recipe, page

@@ -192,11 +192,14 @@ class RecipeTask(luigi.Task):
         attempt = prev.get("attempt", 1) + 1 if prev and prev.get("retry") else 1
         with atomic_dir(self.out_dir) as tmp:
             consumed = {name: dep.result() for name, dep in self.inputs().items()}
+            waited = 0.0
             try:
                 failed = [r for k, r in consumed.items() if r["status"] != "ok" and k not in self.optional_inputs]
                 if failed and self.carries_upstream_failures:
                     raise upstream_failure(failed[0])
+                asked = time.time()
                 with self.machine_lock():
+                    waited = time.time() - asked  # for the machine's timing lock: not this task's work
                     res = {"status": "ok", **self.work(tmp)}
             except Exception as e:  # noqa: BLE001 - every failure is a recorded result (pipeline.outcome)
                 if not self.records_failures or is_environment_failure(e):
@@ -210,7 +213,8 @@ class RecipeTask(luigi.Task):
                 log.warning("%s %s: %s at stage %s: %s", self.recipe.name, self.folder_name(), res["status"],
                             res["stage"], res["error"])
             res.update(recipe=str(self.recipe_path), task=self.folder_name(), key=self.key, attempt=attempt,
-                       seconds=round(time.time() - started, 3), worker=f"{socket.gethostname()}:{os.getpid()}",
+                       seconds=round(time.time() - started, 3), lock_wait_s=round(waited, 3),
+                       worker=f"{socket.gethostname()}:{os.getpid()}",
                        inputs={name: keys.result_digest(r) for name, r in consumed.items()},
                        outputs=_file_hashes(tmp))
             write_json_atomic(tmp / RESULT_FILE, res)

@@ -195,3 +195,33 @@ def test_code_a_recipe_names_is_part_of_the_keys(tmp_path, monkeypatch):
     (tmp_path / "user_models.py").write_text("from models import build, samples, train  # edited\n")
     after = keys()
     assert after[0] != before[0] and after[1] != before[1]
+
+
+def test_a_task_records_the_time_it_waited_for_the_machine_apart_from_its_work(tmp_path):
+    """While another worker's timing holds the machine, an untimed task waits: its result says how long
+    (lock_wait_s), so build_time.py counts work, not waits."""
+    import json
+    import threading
+
+    import luigi
+
+    from pipeline.fsutil import machine_lock
+    from pipeline.tasks import EvalData
+
+    path = write(tmp_path, with_(("data", "eval", "function"), "models:samples"))
+    task = EvalData(recipe_path=str(path), artifacts_dir=str(tmp_path / "art"))
+    held, release = threading.Event(), threading.Event()
+
+    def timing_elsewhere():
+        with machine_lock("timing"):
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=timing_elsewhere)
+    t.start()
+    held.wait(10)
+    threading.Timer(1.0, release.set).start()
+    assert luigi.build([task], local_scheduler=True, log_level="WARNING")
+    t.join(10)
+    res = json.loads(Path(task.output().path).read_text())
+    assert res["status"] == "ok" and res["lock_wait_s"] >= 0.8 and res["seconds"] >= res["lock_wait_s"], res
