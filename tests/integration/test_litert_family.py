@@ -220,6 +220,17 @@ def _float_layers(model: bytes) -> dict[str, list[str]]:
     return out
 
 
+def _mixed_without_top1_bound(built, tmp_path, quantization):
+    """A mixed-precision model of the built CNN for a budget that bounds no top-1 agreement (the output error decides),
+    calibrated on 32 samples: (recipe, calibration, files, manifest)."""
+    recipe = Recipe.model_validate(recipe_dict(budget={"max_abs_error": 10.0}))
+    calib = {"input": models.samples(n=32, seed=7).inputs["input"]}
+    files = litert.saved_model_to_tflite(built["root"] / "Prerequisite-saved_model" / "saved_model",
+                                         tmp_path / quantization, quantization=quantization, calibration=calib,
+                                         recipe=recipe)
+    return recipe, calib, files, json.loads(files[1].read_text())
+
+
 @pytest.mark.toolchain
 def test_int8_mixed_keeps_the_layers_it_names_float(built, tmp_path):
     """litert_int8_mixed's sensitivity pass, on calibration samples: with a budget that bounds no top-1 agreement
@@ -230,12 +241,7 @@ def test_int8_mixed_keeps_the_layers_it_names_float(built, tmp_path):
     from pipeline.release.candidates import candidate
     from pipeline.release.report import candidate_rows
 
-    recipe = Recipe.model_validate(recipe_dict(budget={"max_abs_error": 10.0}))
-    calib = {"input": models.samples(n=32, seed=7).inputs["input"]}
-    files = litert.saved_model_to_tflite(built["root"] / "Prerequisite-saved_model" / "saved_model",
-                                         tmp_path / "mixed", quantization="int8_mixed", calibration=calib,
-                                         recipe=recipe)
-    man = json.loads(files[1].read_text())
+    recipe, calib, files, man = _mixed_without_top1_bound(built, tmp_path, "int8_mixed")
     rec = man["quantization_record"]
     assert rec == litert.quantization_record(files[0]) and "goal" not in rec  # no top-1 bound: the error decides
     kept = rec["float_nodes"]
@@ -274,12 +280,7 @@ def test_int8_partial_makes_int8_only_what_calibration_allows(built, tmp_path):
     op kept float says why; the report's line carries them."""
     from pipeline.families import build_variant, kept_float
 
-    recipe = Recipe.model_validate(recipe_dict(budget={"max_abs_error": 10.0}))
-    calib = {"input": models.samples(n=32, seed=7).inputs["input"]}
-    files = litert.saved_model_to_tflite(built["root"] / "Prerequisite-saved_model" / "saved_model",
-                                         tmp_path / "partial", quantization="int8_partial", calibration=calib,
-                                         recipe=recipe)
-    man = json.loads(files[1].read_text())
+    _, calib, files, man = _mixed_without_top1_bound(built, tmp_path, "int8_partial")
     rec = man["quantization_record"]
     assert rec == litert.quantization_record(files[0]) and rec["goal"] == {"max_error": litert.PARTIAL_MAX_ERROR}
     assert rec["int8_ops"] == len(rec["int8_nodes"]) > 0 and rec["calibration"]["samples"] == 32

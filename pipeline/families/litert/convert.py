@@ -464,12 +464,9 @@ PARTIAL_MAX_ERROR = 1e-3         # without a top-1 bound: the output error (rela
 def _op_nodes(model: bytes) -> list[dict]:
     """Every op of a (calibrated, float) model in execution order: its node name (its first output tensor's, as
     denylisted_nodes names it), op type and multiply-accumulates (convolutions and fully connected layers; 0 else)."""
-    Interpreter, OpResolverType = _interpreter_class()
-    it = Interpreter(model_content=model, num_threads=1,
-                     experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-    tensors = {d["index"]: d for d in it.get_tensor_details()}
+    ops, tensors = _graph(model)
     nodes = []
-    for op in it._get_ops_details():  # noqa: SLF001 - op list: the public API has none
+    for op in ops:
         outs = [o for o in op["outputs"] if o in tensors]
         if not outs:
             continue
@@ -490,12 +487,9 @@ def _op_nodes(model: bytes) -> list[dict]:
 
 def _int8_outputs(model: bytes) -> set[str]:
     """Names of the tensors an op of `model` produces in int8, and of float outputs a DEQUANTIZE makes from int8."""
-    Interpreter, OpResolverType = _interpreter_class()
-    it = Interpreter(model_content=model, num_threads=1,
-                     experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-    tensors = {d["index"]: d for d in it.get_tensor_details()}
+    ops, tensors = _graph(model)
     out = set()
-    for op in it._get_ops_details():  # noqa: SLF001
+    for op in ops:
         ins = [np.dtype(tensors[i]["dtype"]).name for i in op["inputs"] if i in tensors]
         for o in op["outputs"]:
             if o in tensors and (np.dtype(tensors[o]["dtype"]).name == "int8"
@@ -614,12 +608,23 @@ def quantization_record(path: Path) -> dict | None:
     return json.loads(manifest.read_text()).get(QUANT_RECORD_KEY) if manifest.is_file() else None
 
 
+def _plain_interpreter(model: bytes):
+    """The model in the interpreter as the flatbuffer has it: no delegate applied (XNNPACK would fuse its ops)."""
+    Interpreter, OpResolverType = _interpreter_class()
+    return Interpreter(model_content=model, num_threads=1,
+                       experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+
+
+def _graph(model: bytes) -> tuple[list[dict], dict[int, dict]]:
+    """The model's ops in execution order and its tensors by index (the plain interpreter's view)."""
+    it = _plain_interpreter(model)
+    return it._get_ops_details(), {d["index"]: d for d in it.get_tensor_details()}  # noqa: SLF001 - no public op list
+
+
 def _model_ops(model: bytes) -> tuple[list[str], dict[str, int]]:
     """Op types in the flatbuffer (no delegate applied) and how many tensors of each type it holds."""
-    Interpreter, OpResolverType = _interpreter_class()
     try:
-        it = Interpreter(model_content=model, num_threads=1,
-                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        it = _plain_interpreter(model)
         it.allocate_tensors()
     except Exception as e:  # noqa: BLE001 - the interpreter refusing the model
         raise ConversionError(f"{STEP}: the LiteRT interpreter refuses the converted model: "
