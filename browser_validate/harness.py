@@ -220,7 +220,7 @@ def _run_page(req: MeasureRequest, origin: str, job_prefix: str, on_stage=None) 
     stage_log: list[tuple[str, float]] = [("launch", time.monotonic())]  # (stage, entered at): for timeouts
     context = None
     sampler = None
-    hung = False
+    hung = crashed = False
     page_renderers: set[int] = set()
 
     def remaining_ms() -> float:
@@ -349,7 +349,8 @@ def _run_page(req: MeasureRequest, origin: str, job_prefix: str, on_stage=None) 
     except PwError as e:
         result.status = "failed"
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if stage["crashed"] or "crash" in msg.lower() or "closed" in msg.lower():
+        crashed = stage["crashed"] or "crash" in msg.lower() or "closed" in msg.lower()
+        if crashed:
             result.error = "browser crashed" + ("" if stage["crashed"] else f" ({msg[:200]})")
         else:
             result.error = f"{stage['name']}: {msg[:300]}"
@@ -366,7 +367,7 @@ def _run_page(req: MeasureRequest, origin: str, job_prefix: str, on_stage=None) 
                       "memory_pids": len(page_renderers), "console": console[-50:],
                       **({"served": "routed through Playwright from the measuring machine"} if remote else {})}
         _close_context(context, page_renderers, hung=hung, endpoint=req.host_endpoint)
-        if result.error and result.error.startswith("browser crashed"):
+        if crashed:
             # A browser that died may still look connected (a server's Chromium behind a live connection): every
             # later measurement on it would fail as "closed". The next one launches (or connects) afresh.
             _BROWSER.close(req.host_endpoint)

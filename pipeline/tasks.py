@@ -543,9 +543,7 @@ class BrowserMeasure(RecipeTask):
     def resources(self):
         # One measurement at a time per browser host; a local one (or a server on the build machine) also shares
         # this machine's cores with the native timings ("timing").
-        from pipeline.hosts import host
-
-        h = host(self.host)
+        h = self._host()
         return {h.resource: 1, **({"timing": 1} if h.shares_build_cores else {})}
 
     @property

@@ -48,6 +48,8 @@ def measure_in_browser(recipe, spec, target: str, files: list[Path], inputs: dic
     host = host or DEFAULT_HOSTS[0]
 
     m = recipe.measure[target]
+    first = str(m.threads[0])
+    threads = threads or first
     total = len(next(iter(inputs.values())))
     if m.max_eval_samples:
         idx = eval_subset(total, m.max_eval_samples, recipe.data.sequence_length)
@@ -55,12 +57,12 @@ def measure_in_browser(recipe, spec, target: str, files: list[Path], inputs: dic
         labels = labels[idx] if labels is not None else None
     req = MeasureRequest(runtime=spec.runtime, target=target, model_files=list(files), inputs=inputs,
                          eval_batch=recipe.data.eval_batch, warmup=m.warmup, runs=m.runs,
-                         threads=page_threads(threads or str(m.threads[0])),
+                         threads=page_threads(threads),
                          timeout_s=m.timeout_s, qoe_modes=list(m.qoe_modes), qoe_duration_ms=m.qoe_duration_ms,
                          qoe_enough={"fps": SMOOTH_FPS, "input_delay_ms": INPUT_DELAY_OK_MS},
                          network_profile=m.network_profile.model_dump() if m.network_profile else None,
                          # The throttled download is watched once per variant and target, at the first count.
-                         network_watch=(threads or str(m.threads[0])) == str(m.threads[0]),
+                         network_watch=threads == first,
                          required_features=list(spec.required_features.get(target, ())),
                          input_batch_axes={i.name: i.batch_axis for i in recipe.inputs},
                          output_batch_axes={o.name: o.batch_axis for o in recipe.outputs},
