@@ -144,7 +144,7 @@ def main() -> None:
     ap.add_argument("--models", default="mobilenet_v2,text_direction")
     args = ap.parse_args()
 
-    from browser_validate.harness import MeasureRequest, close_browser, measure
+    from browser_validate.harness import close_browser
     from pipeline.evaluate.native import litert_latency, ort_latency
     from pipeline.fsutil import machine_lock
 
@@ -164,10 +164,8 @@ def main() -> None:
                     n = args.runs
                     sides = [("native XNNPACK", lambda: litert_latency(tfl[0], x_tfl, 5, n)["latency_ms"]),
                              ("native onnxruntime", lambda: ort_latency(onnx_path, x, 5, n)["latency_ms"]),
-                             ("browser LiteRT.js", lambda: _browser(measure, MeasureRequest, "litert", tfl, x_tfl, n,
-                                                                    env)),
-                             ("browser ORT Web", lambda: _browser(measure, MeasureRequest, "ort", [onnx_path], x, n,
-                                                                  env))]
+                             ("browser LiteRT.js", lambda: _browser("litert", tfl, x_tfl, n, env)),
+                             ("browser ORT Web", lambda: _browser("ort", [onnx_path], x, n, env))]
                     for side, run in (sides if rnd % 2 == 0 else sides[::-1]):
                         times.setdefault((name, side), []).append(statistics.median(run()))
         close_browser()
@@ -176,7 +174,9 @@ def main() -> None:
     write(rows, env, args, time.monotonic() - started)
 
 
-def _browser(measure, MeasureRequest, runtime, files, x, runs, env) -> list[float]:
+def _browser(runtime, files, x, runs, env) -> list[float]:
+    from browser_validate.harness import MeasureRequest, measure
+
     res = measure(MeasureRequest(runtime=runtime, target="wasm", model_files=list(files), inputs=x,
                                  warmup=5, runs=runs, threads=1, timeout_s=300))
     if res.status != "ok":
