@@ -28,9 +28,12 @@ ROOT = Path(__file__).resolve().parents[1]
 STAGES = [("SourceModel", "source (locate / train)"), ("EvalData", "evaluation / calibration data"),
           ("CanonicalOnnx", "canonical ONNX"), ("ReferenceOutputs", "reference outputs"),
           ("Prerequisite", "shared intermediates (SavedModel, TVM runtime)"), ("Variant", "conversions"),
-          ("Native", "native runs (onnxruntime, LiteRT interpreter)"), ("Browser-wasm", "browser: wasm"),
-          ("Browser-webgpu", "browser: webgpu (software adapter here)"), ("Browser-webgl", "browser: webgl"),
-          ("SelectAndPublish", "selection + publish")]
+          ("Native", "native runs (onnxruntime, LiteRT interpreter)"),
+          ("Browser-wasm-screen", "browser: wasm, screening"), ("Browser-wasm", "browser: wasm, in full"),
+          ("Browser-webgpu-screen", "browser: webgpu, screening (a correctness check on a software adapter)"),
+          ("Browser-webgpu", "browser: webgpu, in full"),
+          ("Browser-webgl-screen", "browser: webgl, screening"), ("Browser-webgl", "browser: webgl, in full"),
+          ("Shortlist", "screening verdicts"), ("SelectAndPublish", "selection + publish")]
 
 
 def stage_of(folder: str) -> str:
@@ -38,7 +41,7 @@ def stage_of(folder: str) -> str:
     if name.startswith("Browser-"):
         for target in ("wasm", "webgpu", "webgl"):
             if f"-{target}" in name:
-                return f"Browser-{target}"
+                return f"Browser-{target}" + ("-screen" if name.endswith("-screen") else "")
     return name.split("-", 1)[0]
 
 

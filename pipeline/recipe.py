@@ -403,6 +403,11 @@ class Measure(_Strict):
     # the accuracy budget: it cannot be chosen. Recorded as skipped with the native figures; remeasured when the
     # budget changes.
     skip_outside_budget: bool = True
+    # Screening (pipeline.release.screen): every variant is first measured without the user-experience probe and the
+    # emulated-network download, at the first thread count; only each runtime's best and those within this margin
+    # of the best (on the objectives screening measures) are then measured in full at every count. null: every
+    # variant in full at every count.
+    screen_margin: float | None = Field(0.25, ge=0)
 
     @field_validator("threads", mode="before")
     @classmethod

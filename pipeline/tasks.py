@@ -533,6 +533,8 @@ class BrowserMeasure(RecipeTask):
     host = luigi.Parameter(default=LOCAL_HOST, description="browser host (pipeline.hosts) the measurement runs on")
     threads = luigi.Parameter(default="", description="thread count (measure.<target>.threads: 1, 2, cores); "
                                                       "empty: the target's first")
+    screen = luigi.BoolParameter(default=False, description="screening: outputs and timings only "
+                                                            "(pipeline.release.screen)")
     stage = "browser"
     optional_inputs = ("native",)
 
@@ -574,11 +576,12 @@ class BrowserMeasure(RecipeTask):
         # This count only: adding a count to measure.<target>.threads measures that one, not the others again.
         return {"target": self.target, "method": keys.BROWSER_METHOD,
                 "code": keys.measuring_code_hash(variant(self.variant).runtime), "threads": self.thread_count(),
-                "measure": m.model_dump(mode="json", exclude={"threads"}), "eval_batch": self.recipe.data.eval_batch,
+                "measure": m.model_dump(mode="json", exclude={"threads", "screen_margin"}),
+                "eval_batch": self.recipe.data.eval_batch,
                 "browser": keys.browser_toolchain(), **({"subset": "even"} if m.max_eval_samples else {}),
                 **({"judging": keys.judging(self.recipe)} if self.recipe.detections else {}),
                 **({"host": self._host().model_dump(mode="json", exclude={"launch"})}
-                   if self._host() != DEFAULT_HOSTS[0] else {})}
+                   if self._host() != DEFAULT_HOSTS[0] else {}), **({"screen": True} if self.screen else {})}
 
     def _host(self):
         from pipeline.hosts import host
@@ -588,7 +591,7 @@ class BrowserMeasure(RecipeTask):
     def folder_name(self):
         count = self.thread_count()
         return (f"Browser-{self.variant}-{self.target}" + ("" if count == "1" else f"-t{count}")
-                + ("" if self.host == LOCAL_HOST else f"-{self.host}"))
+                + ("" if self.host == LOCAL_HOST else f"-{self.host}") + ("-screen" if self.screen else ""))
 
     def work(self, out: Path) -> dict:
         from pipeline.evaluate.browser import measure_in_browser
@@ -616,7 +619,7 @@ class BrowserMeasure(RecipeTask):
         files = [self.verified("variant", f) for f in deps["variant"].files()]
         res = measure_in_browser(self.recipe, variant(self.variant), self.target, files, inputs, labels,
                                  deps["reference"].load(), out, progress, host=self._host(),
-                                 threads=self.thread_count())
+                                 threads=self.thread_count(), screen=self.screen)
         # What was measured, by content: selection publishes exactly these bytes or nothing.
         return {**res, "measured_files": {f.name: deps["variant"].file_sha256(f) for f in files}}
 
@@ -632,31 +635,140 @@ def recipe_variants(recipe: Recipe) -> list[str]:
     return [n for n in (recipe.variants or list(specs)) if set(specs[n].targets) & set(recipe.targets)]
 
 
+def _candidate(task: "BrowserMeasure", native: dict[str, dict]):
+    """A measurement task's result as a selection Candidate, paired with the native run at its thread count (its
+    accuracy natively is the 1-thread run's)."""
+    from pipeline.families import variant
+    from pipeline.release.candidates import candidate
+
+    res, v, n = task.result(), task.variant, task.thread_count()
+    files = task.requires()["variant"].files() if res["status"] == "ok" else []
+    nat = native[v] if n == "1" else {**native[f"{v}@{n}"], "accuracy": native[v].get("accuracy")}
+    count = NativeRun(task.recipe_path, task.artifacts_dir, variant=v, threads=n).thread_count()
+    return candidate(task.recipe, v, variant(v).runtime, task.target, res, files, nat,
+                     device_class=task._host().device_class, threads=count,
+                     quantization=task.requires()["variant"].result().get("quantization"))
+
+
+class Shortlist(RecipeTask):
+    """Screening on one target and browser host: every variant measured quickly at the target's first thread count;
+    the result names the contenders to measure in full and why the others were left out (pipeline.release.screen)."""
+
+    target = luigi.Parameter()
+    host = luigi.Parameter(default=LOCAL_HOST)
+    stage = "screen"
+    carries_upstream_failures = False  # failed screenings are data: those variants are not contenders
+
+    def partial(self) -> bool:
+        """Whether a screening leaves something out (the probe, the emulated network); if not, it is the full
+        measurement at the first count, and screening only decides which variants go on to the other counts."""
+        m = self.recipe.measure[self.target]
+        return m.screen_margin is not None and bool(m.qoe_modes or m.network_profile)
+
+    def screenings(self) -> dict[str, BrowserMeasure]:
+        from pipeline.families import variant
+
+        r, a, m = self.recipe_path, self.artifacts_dir, self.recipe.measure[self.target]
+        return {v: BrowserMeasure(r, a, variant=v, target=self.target, host=self.host, threads=str(m.threads[0]),
+                                  screen=self.partial())
+                for v in recipe_variants(self.recipe) if self.target in variant(v).targets}
+
+    def requires(self):
+        r, a = self.recipe_path, self.artifacts_dir
+        return {**{f"native:{v}": NativeRun(r, a, variant=v) for v in self.screenings()},
+                **{f"browser:{v}": t for v, t in self.screenings().items()}}
+
+    def fingerprint(self):
+        s = self.recipe.selection
+        return {"margin": self.recipe.measure[self.target].screen_margin, "objectives": list(s.objectives),
+                "budget": self.recipe.budget.model_dump(mode="json")}
+
+    def folder_name(self):
+        return f"Shortlist-{self.target}" + ("" if self.host == LOCAL_HOST else f"-{self.host}")
+
+    def stale_reason(self) -> str | None:
+        # One level deeper than other tasks: selection also requires these screenings directly, so one that will
+        # rerun this build would leave this verdict outdated at selection (Luigi does not look below a complete task).
+        why = super().stale_reason()
+        for dep in () if why else self.inputs().values():
+            deeper = dep.stale_reason()
+            if deeper:
+                return f"its input {dep.folder_name()} reruns: {deeper}"
+        return why
+
+    def work(self, out: Path) -> dict:
+        from pipeline.release.screen import shortlist
+
+        native = {v: t.result() for v, t in ((k.split(":", 1)[1], t) for k, t in self.requires().items()
+                                             if k.startswith("native:"))}
+        cands = [_candidate(t, native) for t in self.screenings().values()]
+        verdict = shortlist(cands, self.recipe.selection.objectives, self.recipe.measure[self.target].screen_margin)
+        # On a software GPU the page only checks correctness: a full measurement would be the same check again.
+        final = [c.variant for c in cands if (c.record.get("env") or {}).get("correctness_only")]
+        return {**verdict, "contenders": [v for v in verdict["contenders"] if v not in final], "checked_only": final,
+                "screened_out": {v: why for v, why in verdict["screened_out"].items() if v not in final}}
+
+    def measure_in_full(self) -> dict[str, list[str]]:
+        """variant -> the thread counts it is measured at in full (empty when this shortlist has no result yet)."""
+        from pipeline.evaluate.browser import thread_counts
+        from pipeline.families import variant
+
+        res = self.stored_result()
+        if not res or res.get("status") != "ok":
+            return {}
+        counts = {v: thread_counts(self.recipe, self.target, variant(v).runtime) for v in res["contenders"]}
+        if not self.partial():  # the first count was measured in full already
+            counts = {v: c[1:] for v, c in counts.items()}
+        return {v: c for v, c in counts.items() if c}
+
+
 class SelectAndPublish(RecipeTask):
-    """Per target, the best candidate inside the budget → registry; every candidate → the build report."""
+    """Per target, the best candidate inside the budget → registry; every candidate → the build report.
+
+    Its measurements come in two rounds: the screenings (static inputs, through each target's Shortlist), then the
+    full measurements of the contenders each shortlist names (Luigi dynamic dependencies: known only once the
+    screening has run), paired with native runs at their thread counts."""
 
     stage = "select"
     carries_upstream_failures = False  # failed candidates are data: they lose, with their reason in the report
     records_failures = False  # a registry that cannot be written, or a file that is not what was measured, fails
 
-    def requires(self):
+    def shortlists(self) -> dict[str, Shortlist]:
         from pipeline.families import variant
 
-        from pipeline.evaluate.browser import thread_counts
+        wanted = {t for v in recipe_variants(self.recipe) for t in variant(v).targets} & set(self.recipe.targets)
+        return {f"shortlist:{t}:{h.name}": Shortlist(self.recipe_path, self.artifacts_dir, target=t, host=h.name)
+                for t in self.recipe.targets if t in wanted for h in hosts_for(t)}
 
+    def requires(self):
         r, a = self.recipe_path, self.artifacts_dir
         deps = {"onnx": CanonicalOnnx(r, a)}
         for v in recipe_variants(self.recipe):
             deps[f"native:{v}"] = NativeRun(r, a, variant=v)
-            for t in variant(v).targets:
-                if t in self.recipe.targets:
-                    for n in thread_counts(self.recipe, t, variant(v).runtime):
-                        if n != "1":  # the native side at the same count
-                            deps[f"native:{v}@{n}"] = NativeRun(r, a, variant=v, threads=n)
-                        for h in hosts_for(t):
-                            deps[f"browser:{v}:{t}:{h.name}:{n}"] = BrowserMeasure(r, a, variant=v, target=t,
-                                                                                  host=h.name, threads=n)
+        for k, s in self.shortlists().items():
+            deps[k] = s
+            for v, t in s.screenings().items():
+                deps[f"screen:{v}:{s.target}:{s.host}"] = t
         return deps
+
+    def full_measurements(self) -> dict[str, RecipeTask]:
+        """The contenders' full measurements and their native pairs, as far as the shortlists are known."""
+        r, a, deps = self.recipe_path, self.artifacts_dir, {}
+        for s in self.shortlists().values():
+            for v, counts in s.measure_in_full().items():
+                for n in counts:
+                    if n != "1":
+                        deps[f"native:{v}@{n}"] = NativeRun(r, a, variant=v, threads=n)
+                    deps[f"browser:{v}:{s.target}:{s.host}:{n}"] = BrowserMeasure(r, a, variant=v, target=s.target,
+                                                                                 host=s.host, threads=n)
+        return deps
+
+    def inputs(self) -> dict[str, RecipeTask]:
+        return {**self.requires(), **self.full_measurements()}
+
+    def run(self):
+        yield list(self.full_measurements().values())  # dynamic dependencies: Luigi runs them, then this again
+        super().run()
 
     def fingerprint(self):
         r = self.recipe
@@ -716,29 +828,29 @@ class SelectAndPublish(RecipeTask):
         return None
 
     def work(self, out: Path) -> dict:
-        from pipeline.families import variant
-        from pipeline.hosts import host
-        from pipeline.release.candidates import candidate, select_and_publish
+        from pipeline.release.candidates import select_and_publish
 
-        deps = self.requires()
+        deps = self.inputs()
         native = {k.split(":", 1)[1]: t.result() for k, t in deps.items() if k.startswith("native:")}
-        candidates = []
-        for k, task in deps.items():
-            if k.startswith("browser:"):
-                _, v, t, h, n = k.split(":")
-                res = task.result()
-                files = task.requires()["variant"].files() if res["status"] == "ok" else []
-                # Paired with native at the same count; accuracy natively is the 1-thread run's.
-                nat = native[v] if n == "1" else {**native[f"{v}@{n}"], "accuracy": native[v].get("accuracy")}
-                candidates.append(candidate(self.recipe, v, variant(v).runtime, t, res, files, nat,
-                                            device_class=host(h).device_class,
-                                            threads=deps.get(f"native:{v}@{n}", deps[f"native:{v}"]).thread_count(),
-                                            quantization=task.requires()["variant"].result().get("quantization")))
+        candidates, screening = [], {}
+        for s in self.shortlists().values():
+            verdict = s.result()
+            screening[s.target if s.host == LOCAL_HOST else f"{s.target}@{s.host}"] = {
+                k: verdict.get(k) for k in ("contenders", "why", "screened_out", "checked_only", "error")
+                if verdict.get(k) is not None}
+            out_of_it, full = verdict.get("screened_out", {}), s.measure_in_full()
+            for v, first in s.screenings().items():
+                if not first.screen or v not in full:  # a full measurement already, or what stands for v
+                    c = _candidate(first, native)
+                    c.reasons += [out_of_it[v]] if v in out_of_it and first.screen else []
+                    candidates.append(c)
+                candidates += [_candidate(deps[f"browser:{v}:{s.target}:{s.host}:{n}"], native)
+                               for n in full.get(v, [])]
         # Published under the content this build's key was computed from (publish refuses a file changed since).
         assets = {name: {"src": str(path), "sha256": self.fingerprint()["assets"][name]}
                   for name, path in self.recipe.asset_paths().items()}
         return select_and_publish(self.recipe, self.key, candidates, native, deps["onnx"].result(), self.registry(),
-                                  self.build_inputs(), assets)
+                                  self.build_inputs(), assets, screening)
 
 
 class BuildAll(luigi.Task):

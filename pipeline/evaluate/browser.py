@@ -36,12 +36,13 @@ def page_threads(count: str) -> int:
 def measure_in_browser(recipe, spec, target: str, files: list[Path], inputs: dict[str, np.ndarray],
                        labels: np.ndarray | None, reference: dict[str, np.ndarray], out: Path,
                        progress: Callable[[str, int | None], None] | None = None, host=None,
-                       threads: str | None = None) -> dict:
+                       threads: str | None = None, screen: bool = False) -> dict:
     """Run `files` (variant `spec`) on `target` and return the record its task keeps; the browser's outputs go to
     `out/outputs.npz`. Raises Unsupported when the browser cannot run it, MeasurementError when the run fails
     (a crash is retryable: it may be the machine's fault; a timeout is kept: raise measure.<target>.timeout_s).
     `host` (pipeline.hosts.BrowserHost; default: the local one) is where the browser runs; `threads` the count
-    (default: the target's first)."""
+    (default: the target's first); `screen`: outputs and timings only, no user-experience probe or emulated
+    network (pipeline.release.screen)."""
     from browser_validate.harness import MeasureRequest, measure
     from pipeline.hosts import DEFAULT_HOSTS
 
@@ -58,9 +59,10 @@ def measure_in_browser(recipe, spec, target: str, files: list[Path], inputs: dic
     req = MeasureRequest(runtime=spec.runtime, target=target, model_files=list(files), inputs=inputs,
                          eval_batch=recipe.data.eval_batch, warmup=m.warmup, runs=m.runs,
                          threads=page_threads(threads),
-                         timeout_s=m.timeout_s, qoe_modes=list(m.qoe_modes), qoe_duration_ms=m.qoe_duration_ms,
+                         timeout_s=m.timeout_s, qoe_modes=[] if screen else list(m.qoe_modes),
+                         qoe_duration_ms=m.qoe_duration_ms,
                          qoe_enough={"fps": SMOOTH_FPS, "input_delay_ms": INPUT_DELAY_OK_MS},
-                         network_profile=m.network_profile.model_dump() if m.network_profile else None,
+                         network_profile=m.network_profile.model_dump() if m.network_profile and not screen else None,
                          # The throttled download is watched once per variant and target, at the first count.
                          network_watch=threads == first,
                          required_features=list(spec.required_features.get(target, ())),

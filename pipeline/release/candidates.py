@@ -126,8 +126,9 @@ def output_entry(o) -> dict:
 
 def select_and_publish(recipe, build_key: str, candidates: list[Candidate], native: dict[str, dict],
                        canonical: dict, registry: Path, build_inputs: dict | None = None,
-                       assets: dict | None = None) -> dict:
-    """Select per target, publish the version to the registry with its report; returns the task's record."""
+                       assets: dict | None = None, screening: dict | None = None) -> dict:
+    """Select per target, publish the version to the registry with its report (with `screening`, each target's
+    shortlist: pipeline.release.screen); returns the task's record."""
     from browser_validate.runtimes import served_file
 
     s = recipe.selection
@@ -157,6 +158,7 @@ def select_and_publish(recipe, build_key: str, candidates: list[Candidate], nati
                              "chosen_threads": d.chosen.threads if d.chosen else None,
                              "ranking": [c.variant + (f"@{c.threads}t" if c.threads > 1 else "")
                                          for c in d.ranking]} for d in decisions],
+              "screening": screening or {},
               "candidates": candidate_rows(candidates),
               "native": {v: {k: n.get(k) for k in ("status", "error", "latency_ms", "accuracy", "stage", "measured",
                                                    "threads")}

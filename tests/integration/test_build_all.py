@@ -146,7 +146,14 @@ def test_build_all_end_to_end(tmp_path, extra_variants, capsys):
     assert report["canonical_onnx"]["verified_on"] == 8 and report["canonical_onnx"]["notes"] == []
     rows = {(r["variant"], r["target"]): r for r in report["candidates"] if r["threads"] == 1}
     multi = {r["variant"]: r for r in report["candidates"] if r["threads"] > 1}
-    assert set(multi) == {v for v, _ in rows} and all(r["target"] == "wasm" for r in multi.values())
+    # Screening: every variant once at 1 thread; only the contenders in full at every count, the others keep
+    # their screening figures and say why they went no further.
+    screened = report["screening"]["wasm"]
+    assert "fp32" in screened["contenders"] or "int8_dynamic" in screened["contenders"]
+    assert set(multi) == set(screened["contenders"]) and all(r["target"] == "wasm" for r in multi.values())
+    for v, why in screened["screened_out"].items():
+        assert rows[(v, "wasm")]["reasons"] == [why] and why.startswith("screened out: median latency")
+    assert screened["checked_only"] == [] and report["screening"]["webgpu"]["checked_only"] != []
     assert report["native"]["fp32@cores"]["threads"] == os.cpu_count()
     assert multi["fp32"]["native_median_ms"] == report["native"]["fp32@cores"]["latency_ms"]["median"]
     assert multi["fp32"]["env"]["threads"] == os.cpu_count() and multi["fp32"]["env"]["wasmThreads"] == os.cpu_count()

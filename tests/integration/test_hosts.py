@@ -47,7 +47,8 @@ def test_remote_host_measures_by_routing_and_decisions_carry_device_classes(tmp_
     net = {"name": "4g", "download_kbps": 20000, "latency_ms": 40}
     recipe = tiny_recipe("tiny", "1", targets=["wasm", "webgpu"], variants=["fp32", "int8_dynamic"],
                          measure={t: {"runs": 3, "warmup": 1, "qoe_modes": ["worker"] if t == "wasm" else [],
-                                      "network_profile": net, "threads": [1]} for t in ("wasm", "webgpu")})
+                                      "network_profile": net, "threads": [1],
+                                      "screen_margin": 100} for t in ("wasm", "webgpu")})  # both measured in full
     (tmp_path / "recipes").mkdir()
     (tmp_path / "recipes" / "tiny.yaml").write_text(yaml.safe_dump(recipe))
     art = tmp_path / "art"
@@ -70,9 +71,9 @@ def test_remote_host_measures_by_routing_and_decisions_carry_device_classes(tmp_
 
     # The remote measurement: served by routing, the device it found, figures it could honestly give.
     build = art / "build" / "tiny" / "1"
-    remote = json.loads(next(build.glob("Browser-fp32-wasm-farm1-*/result.json")).read_text())
-    local = json.loads(next(p for p in build.glob("Browser-fp32-wasm-*/result.json")
-                            if "-farm1-" not in p.parent.name).read_text())
+    full = [p for p in build.glob("Browser-fp32-wasm-*/result.json") if "-screen-" not in p.parent.name]
+    remote = json.loads(next(p for p in full if "-farm1-" in p.parent.name).read_text())
+    local = json.loads(next(p for p in full if "-farm1-" not in p.parent.name).read_text())
     assert remote["device"] == {**remote["device"], "class": "office-pc", "host": "farm1", "remote": True,
                                 "cpu": "the test's own", "gpu_adapter": None}
     assert remote["device"]["cores"] >= 1 and "HeadlessChrome" in remote["device"]["user_agent"]

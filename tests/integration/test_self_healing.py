@@ -89,7 +89,8 @@ def test_crash_is_retried_and_lost_or_altered_outputs_are_rebuilt(project, monke
     fp32 = json.loads(fp32_path.read_text())
     assert fp32["status"] == "ok" and fp32["attempt"] == 2
     rerun = {p.parent.name.rsplit("-", 1)[0] for p, t in stamps(project).items() if before.get(p) != t}
-    assert rerun == {"Browser-fp32-wasm", "SelectAndPublish"}
+    # (and the wasm shortlist: with no probe and one thread count, the screening is fp32's full measurement)
+    assert rerun == {"Browser-fp32-wasm", "Shortlist-wasm", "SelectAndPublish"}
     winner = entry(project)["targets"]["wasm"]
     assert winner["status"] == "chosen" and winner["variant"] in {"fp32", "int8_dynamic"}
 

@@ -425,3 +425,29 @@ def test_layers_kept_float_are_reported_from_one_record_shape(tmp_path):
                                         "chosen": None}]}}
     page = write_html_report(tmp_path, [report]).read_text()
     assert "layers kept float (why)" in page and "/features.0/Conv (Conv: output error" in page
+
+
+def test_screening_keeps_each_runtimes_best_and_the_near_best():
+    from pipeline.release.screen import shortlist
+
+    def rc(variant, runtime, median, **kw):
+        c = cand(variant, median=median, **kw)
+        c.runtime = runtime
+        return c
+
+    cands = [rc("litert_fp32", "litert", 10), rc("litert_fp16", "litert", 12), rc("litert_int8", "litert", 30),
+             rc("simplified", "ort", 20), rc("fp32", "ort", 21), rc("tfjs_fp32", "tfjs", 40),
+             rc("int8", "ort", 5, reasons=["top-1 agreement 0.5 < 0.95"]), rc("broken", "ort", 1, status="failed")]
+    v = shortlist(cands, ["latency"], 0.25)
+    # within 25 % of 10 ms, plus the best of ort and tfjs; never what is outside the budget or failed
+    assert v["contenders"] == ["litert_fp32", "litert_fp16", "simplified", "tfjs_fp32"]
+    assert v["why"]["tfjs_fp32"] == "tfjs's best" and "within 25%" in v["why"]["litert_fp16"]
+    assert set(v["screened_out"]) == {"litert_int8", "fp32"}
+    assert "3.00x the best (litert/litert_fp32 10 ms)" in v["screened_out"]["litert_int8"]
+    # a second objective screening measures brings its own near-best (the smallest download here)
+    cands[2].values["size"] = 10
+    assert "litert_int8" in shortlist(cands, ["latency", "size"], 0.25)["contenders"]
+    # off, or ranked by what only the full measurement has: everything inside the budget goes on
+    assert len(shortlist(cands, ["latency"], None)["contenders"]) == 6
+    assert len(shortlist(cands, ["responsiveness"], 0.25)["contenders"]) == 6
+    assert shortlist([cands[-1]], ["latency"], 0.25) == {"contenders": [], "why": {}, "screened_out": {}}
