@@ -9,7 +9,9 @@ stages of a measurement. Only the contenders are then measured in full, at every
 * every candidate inside the budget within `measure.<target>.screen_margin` of the best on each of the recipe's
   objectives that screening measures (latency, cold start, download, slowdown vs native, memory).
 The others keep their screening record as their candidate, with why they were left out: a variant twice as slow
-as the best at one thread does not win at two. `screen_margin: null` measures every variant in full at every count.
+as the best at one thread does not win at two. Where the target measures no probe and no emulated network, the
+screening is the full measurement at the first count, and the verdict only decides who goes on to the other counts
+(pipeline.tasks.Shortlist.partial). `screen_margin: null` measures every variant in full at every count.
 """
 from __future__ import annotations
 
