@@ -705,8 +705,8 @@ class Shortlist(RecipeTask):
         verdict = shortlist(cands, self.recipe.selection.objectives, self.recipe.measure[self.target].screen_margin)
         # On a software GPU the page only checks correctness: a full measurement would be the same check again.
         final = [c.variant for c in cands if (c.record.get("env") or {}).get("correctness_only")]
-        return {**verdict, "contenders": [v for v in verdict["contenders"] if v not in final], "checked_only": final,
-                "screened_out": {v: why for v, why in verdict["screened_out"].items() if v not in final}}
+        return {"contenders": [v for v in verdict["contenders"] if v not in final], "checked_only": final,
+                **{k: {v: why for v, why in verdict[k].items() if v not in final} for k in ("why", "screened_out")}}
 
     def measure_in_full(self) -> dict[str, list[str]]:
         """variant -> the thread counts it is measured at in full (empty when this shortlist has no result yet)."""
