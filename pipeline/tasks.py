@@ -741,10 +741,18 @@ class SelectAndPublish(RecipeTask):
                 for t in self.recipe.targets if t in wanted for h in hosts_for(t)}
 
     def requires(self):
+        from pipeline.evaluate.browser import thread_counts
+
         r, a = self.recipe_path, self.artifacts_dir
         deps = {"onnx": CanonicalOnnx(r, a)}
         for v in recipe_variants(self.recipe):
             deps[f"native:{v}"] = NativeRun(r, a, variant=v)
+        if "native:fp32" in deps:
+            # The baseline every browser figure is read against (native onnxruntime, the model as exported) at
+            # every thread count, contender or not.
+            for n in dict.fromkeys(n for t in self.recipe.targets for n in thread_counts(self.recipe, t, "ort")
+                                   if n != "1"):
+                deps[f"native:fp32@{n}"] = NativeRun(r, a, variant="fp32", threads=n)
         for k, s in self.shortlists().items():
             deps[k] = s
             for v, t in s.screenings().items():
