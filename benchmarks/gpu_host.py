@@ -19,12 +19,12 @@ producing the same record (accuracy against the reference outputs, latency, cold
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pickle
 import platform
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -104,37 +104,22 @@ def pack(args) -> None:
     print(f"packed {len(jobs)} candidates, {len(runtime_urls)} runtime files into {out}")
 
 
-def _browser_server(log: Path, lib_path: str | None) -> tuple[subprocess.Popen, str]:
-    """`playwright run-server` here; Chromium inherits its environment (a client's launch `env` does not reach the
-    browser through the server), so the browser's library path is set on the server."""
-    from pipeline.hosts import free_port
-
-    port = free_port()
-    env = {**os.environ, **({"LD_LIBRARY_PATH": lib_path} if lib_path else {})}
-    with open(log, "wb") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "playwright", "run-server", "--port", str(port), "--host",
-                                 "127.0.0.1", "--unsafe"], stdout=f, stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + 90
-    while "Listening on" not in log.read_text():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"playwright run-server did not start: {log.read_text()[-2000:]}")
-        time.sleep(0.2)
-    return proc, f"ws://127.0.0.1:{port}/"
-
-
 def run(args) -> None:
     from browser_validate.harness import CHROMIUM_ARGS
     from pipeline.evaluate.browser import measure_in_browser
     from pipeline.evaluate.metrics import latency_stats
-    from pipeline.hosts import BrowserHost
+    from pipeline.hosts import BrowserHost, browser_server
 
     jobs_dir, out = Path(args.jobs), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     nm = ROOT / "browser_validate" / "node_modules"
     if (jobs_dir / "node_modules").is_dir() and not nm.exists():
         shutil.copytree(jobs_dir / "node_modules", nm)
-    # The browser's own libraries for the server and Chromium alone (not this Python).
-    server, endpoint = _browser_server(out / "browser-server.log", args.browser_lib_path)
+    # The browser's own libraries for the server and Chromium alone (not this Python): Chromium inherits the server's
+    # environment (a client's launch `env` does not reach the browser through the server).
+    env = {**os.environ, **({"LD_LIBRARY_PATH": args.browser_lib_path} if args.browser_lib_path else {})}
+    server = contextlib.ExitStack()
+    endpoint = server.enter_context(browser_server(out / "browser-server.log", env=env, timeout_s=90))
     args_ = [a for a in CHROMIUM_ARGS if a != "--enable-unsafe-swiftshader"] + GPU_ARGS
     host = BrowserHost(name="gpu", endpoint=endpoint, device_class=args.device_class, cpu=args.cpu or _cpu(),
                        launch={"executablePath": args.chromium, "args": args_, "headless": True})
@@ -174,7 +159,7 @@ def run(args) -> None:
             print(_row(rec), flush=True)
             (out / "results.json").write_text(json.dumps(records, indent=1, default=str))
     finally:
-        server.terminate()
+        server.close()
     (out / "results.md").write_text(_table(records, host))
     print(_table(records, host))
 

@@ -21,11 +21,17 @@ must not overlap) and records the host's class and the device it found (cores, G
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
+import signal
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Iterator
 
 import luigi
 import yaml
@@ -166,6 +172,33 @@ def free_port(address: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((address, 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def browser_server(log: Path, env: dict | None = None, timeout_s: float = 60) -> Iterator[str]:
+    """`playwright run-server` on a free local port for the duration of the block, yielding its endpoint (a browser
+    host on this machine: tests, benchmarks/gpu_host.py). Stopped with its whole process group afterwards: the
+    Python launcher starts a node server that outlives it, and one whose browser was killed may not stop on SIGTERM."""
+    port = free_port()
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "playwright", "run-server", "--port", str(port), "--host",
+                                 "127.0.0.1", "--unsafe"], stdout=out, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while "Listening on" not in Path(log).read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise HostsError(f"playwright run-server did not start: {Path(log).read_text()[-2000:]}")
+            time.sleep(0.2)
+        yield f"ws://127.0.0.1:{port}/"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
+        time.sleep(2)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def hosts_for(target: str) -> list[BrowserHost]:

@@ -1,13 +1,8 @@
 """Measurement hosts: a Playwright browser server started by the test stands for another machine (a remote host
 of its own device class); the build measures on it and on the local browser, selects per device class and marks
 WebGPU decisions from the software adapter provisional."""
-import contextlib
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 
 import luigi
@@ -16,7 +11,8 @@ import yaml
 
 from browser_validate.browser import CHROMIUM_ARGS
 from models import tiny_recipe
-from pipeline.hosts import ENV_VAR, HostsError, free_port, load_hosts
+from pipeline.hosts import ENV_VAR, HostsError, load_hosts
+from pipeline.hosts import browser_server as run_browser_server
 from pipeline.release.registry import read_index, validate_index
 from pipeline.tasks import BuildAll
 
@@ -26,22 +22,8 @@ pytestmark = pytest.mark.browser
 @pytest.fixture(scope="module")
 def browser_server(tmp_path_factory):
     """`playwright run-server` on a free port: what runs on a GPU machine (README: measurement hosts)."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("pwserver") / "server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "playwright", "run-server", "--port", str(port),
-                                 "--host", "127.0.0.1", "--unsafe"], stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    deadline = time.monotonic() + 60
-    while "Listening on" not in log.read_text():
-        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-        time.sleep(0.2)
-    yield f"ws://127.0.0.1:{port}/"
-    os.killpg(proc.pid, signal.SIGTERM)  # the Python launcher and the node server it starts (else left running)
-    proc.wait(10)
-    time.sleep(2)
-    with contextlib.suppress(ProcessLookupError):  # a server that would not stop (seen after its browser was killed)
-        os.killpg(proc.pid, signal.SIGKILL)
+    with run_browser_server(tmp_path_factory.mktemp("pwserver") / "server.log") as endpoint:
+        yield endpoint
 
 
 def test_remote_host_measures_by_routing_and_decisions_carry_device_classes(tmp_path, browser_server, monkeypatch):
