@@ -674,9 +674,9 @@ class Shortlist(RecipeTask):
                 for v in recipe_variants(self.recipe) if self.target in variant(v).targets}
 
     def requires(self):
-        r, a = self.recipe_path, self.artifacts_dir
-        return {**{f"native:{v}": NativeRun(r, a, variant=v) for v in self.screenings()},
-                **{f"browser:{v}": t for v, t in self.screenings().items()}}
+        r, a, screenings = self.recipe_path, self.artifacts_dir, self.screenings()
+        return {**{f"native:{v}": NativeRun(r, a, variant=v) for v in screenings},
+                **{f"browser:{v}": t for v, t in screenings.items()}}
 
     def fingerprint(self):
         s = self.recipe.selection
@@ -699,9 +699,9 @@ class Shortlist(RecipeTask):
     def work(self, out: Path) -> dict:
         from pipeline.release.screen import shortlist
 
-        native = {v: t.result() for v, t in ((k.split(":", 1)[1], t) for k, t in self.requires().items()
-                                             if k.startswith("native:"))}
-        cands = [_candidate(t, native) for t in self.screenings().values()]
+        deps = self.requires()
+        native = {k.split(":", 1)[1]: t.result() for k, t in deps.items() if k.startswith("native:")}
+        cands = [_candidate(t, native) for k, t in deps.items() if k.startswith("browser:")]
         verdict = shortlist(cands, self.recipe.selection.objectives, self.recipe.measure[self.target].screen_margin)
         # On a software GPU the page only checks correctness: a full measurement would be the same check again.
         final = [c.variant for c in cands if (c.record.get("env") or {}).get("correctness_only")]
