@@ -179,9 +179,13 @@ class InputSpec(_Strict):
     layout: Literal["NCHW", "NHWC", "NC", "NT", "other"] = "other"
     # What the data loader did to raw data; copied to the registry manifest so a web app can do the same.
     preprocessing: dict[str, Any] = Field(default_factory=dict)
-    # The static shape runtimes that compile for fixed shapes (TVM) are built for. Default: the shape with a
-    # dynamic first (batch) dimension as 1; required when any other dimension is dynamic.
+    # The static shape runtimes that compile for fixed shapes (TVM, LiteRT.js) are built for. Default: the shape with
+    # a dynamic first (batch) dimension as 1; required when any other dimension is dynamic.
     compile_shape: list[int] | None = None
+    # How a static-shape model takes a smaller input (a text line narrower than compile_shape): "zero" pads it
+    # with zeros at the end of each axis up to compile_shape (as the preprocessing pads short lines), in the browser
+    # (adapter.js runStatic) and natively alike. Default: only the compiled shape runs.
+    compile_pad: Literal["zero"] | None = None
 
     @field_validator("shape")
     @classmethod
@@ -227,6 +231,8 @@ class InputSpec(_Strict):
             if fixed:
                 raise ValueError(f"compile_shape {c} contradicts the fixed dimensions of shape {self.shape} "
                                  f"(axis {fixed[0][0]}: {fixed[0][1]} vs {fixed[0][2]})")
+        if self.compile_pad is not None and c is None:
+            raise ValueError("compile_pad needs compile_shape (the shape a smaller input is padded up to)")
         return self
 
     def static_shape(self) -> list[int] | None:

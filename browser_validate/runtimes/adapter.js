@@ -30,7 +30,7 @@
  * @property {(name: string) => (string|undefined)} url   where the runtime file `name` can be loaded from, by its
  *           path as served to the measuring page and published in the registry bundle ('ort/ort.wasm.min.mjs');
  *           undefined when that file is not available
- * @property {{TYPED: object, watchGpuDevice: function}} lib   this module's helpers
+ * @property {{TYPED: object, watchGpuDevice: function, runStatic: function}} lib   this module's helpers
  *
  * @typedef {object} Adapter
  * @property {(opts: {files: ModelFile[], target: string, threads: number, runtime: RuntimeEnv}) =>
@@ -69,6 +69,112 @@ export function watchGpuDevice(device) {
       if (l.reason !== 'destroyed') console.error(`GPU device lost: ${l.reason} ${l.message}`);
     });
   }
+}
+
+// ------------------------------------------------------------------------------- static-shape models
+// Runtimes that compile for fixed shapes (TVM, LiteRT.js, a TF.js graph converted at fixed shapes) run a feed of
+// another shape here, the one place that knows how: a batch the model does not take is split into model-batch
+// slices run one after another (rows are independent in inference models), and an input the recipe lets be
+// padded (`pad: 'zero'`, from its compile_pad) that is smaller than the compiled shape is zero-padded up to it,
+// as the recipe's preprocessing pads a short text line. Outputs come back as the model gives them: a padded
+// input's sequence output is as long as the compiled shape makes it (the app decodes it whole; the evaluation
+// compares the positions native has, and what a reader sees: the decoded text).
+
+function sliceAlong(t, axis, start, count) {
+  const dims = t.dims;
+  const outer = dims.slice(0, axis).reduce((a, b) => a * b, 1);
+  const inner = dims.slice(axis + 1).reduce((a, b) => a * b, 1);
+  const data = new t.data.constructor(outer * count * inner);
+  for (let o = 0; o < outer; o++) {
+    const src = (o * dims[axis] + start) * inner;
+    data.set(t.data.subarray(src, src + count * inner), o * count * inner);
+  }
+  const out = [...dims];
+  out[axis] = count;
+  return {data, dims: out, dtype: t.dtype};
+}
+
+function concatAlong(parts, axis) {
+  const dims = [...parts[0].dims];
+  dims[axis] = parts.reduce((a, p) => a + p.dims[axis], 0);
+  const outer = dims.slice(0, axis).reduce((a, b) => a * b, 1);
+  const inner = dims.slice(axis + 1).reduce((a, b) => a * b, 1);
+  const data = new parts[0].data.constructor(outer * dims[axis] * inner);
+  let off = 0;
+  for (let o = 0; o < outer; o++) {
+    for (const p of parts) {
+      const n = p.dims[axis] * inner;
+      data.set(p.data.subarray(o * n, (o + 1) * n), off);
+      off += n;
+    }
+  }
+  return {data, dims, dtype: parts[0].dtype};
+}
+
+/** `t` zero-padded at the end of each axis up to `dims` (every axis of `t` at most as long). */
+function padTo(t, dims) {
+  const size = dims.reduce((a, b) => a * b, 1);
+  const data = new t.data.constructor(size);  // zeros
+  const rank = dims.length;
+  const row = t.dims[rank - 1] ?? 1;
+  const rows = t.data.length / Math.max(row, 1);
+  const idx = new Array(rank - 1).fill(0);
+  for (let r = 0; r < rows; r++) {
+    let dst = 0;
+    for (let k = 0; k < rank - 1; k++) dst = (dst + idx[k]) * dims[k + 1];
+    data.set(t.data.subarray(r * row, (r + 1) * row), dst);
+    for (let k = rank - 2; k >= 0; k--) {  // next row index, last axis fastest
+      if (++idx[k] < t.dims[k]) break;
+      idx[k] = 0;
+    }
+  }
+  return {data, dims: [...dims], dtype: t.dtype};
+}
+
+const sameDims = (a, b) => a.length === b.length && a.every((d, k) => d === b[k]);
+
+/**
+ * Run a static-shape model on feeds of other shapes.
+ * @param {Object<string, Tensor>} feeds
+ * @param {{name: string, shape: number[], batchAxis: (number|null), pad: (string|null)}[]} inputs  compiled shapes
+ * @param {{name: string, batchAxis: (number|null)}[]} outputs
+ * @param {(feeds: Object<string, Tensor>) => Promise<Object<string, Tensor>>} runOnce  one call, compiled shapes
+ * @param {string} who  the runtime, for errors
+ * @returns {Promise<Object<string, Tensor>>}
+ */
+export async function runStatic(feeds, inputs, outputs, runOnce, who) {
+  for (const s of inputs) if (!feeds[s.name]) throw new Error(`${who}: feed ${s.name} missing (got ${Object.keys(feeds)})`);
+  if (inputs.every((s) => sameDims(feeds[s.name].dims, s.shape))) return runOnce(feeds);
+  const fit = (f, s) => {
+    if (sameDims(f.dims, s.shape)) return f;
+    if (s.pad === 'zero' && f.dims.length === s.shape.length && f.dims.every((d, k) => d <= s.shape[k])) {
+      return padTo(f, s.shape);
+    }
+    throw new Error(`${who}: input ${s.name} has shape [${f.dims}], the model was compiled for [${s.shape}] (static `
+      + 'shapes: the recipe\'s compile_shape sets them' + (s.pad ? ', and a smaller input is padded up to it)' : ')'));
+  };
+  const batched = inputs.filter((s) => s.batchAxis !== null && s.batchAxis !== undefined);
+  const first = batched[0];
+  const n = first ? feeds[first.name].dims[first.batchAxis] : 1;
+  const b = first ? first.shape[first.batchAxis] : 1;
+  if (!first || n === b) return runOnce(Object.fromEntries(inputs.map((s) => [s.name, fit(feeds[s.name], s)])));
+  if (!b || n % b !== 0) throw new Error(`${who}: batch ${n} is not a multiple of the compiled batch ${b}`);
+  const parts = [];
+  for (let i = 0; i < n; i += b) {
+    const slice = {};
+    for (const s of inputs) {
+      const f = feeds[s.name];
+      slice[s.name] = fit(s.batchAxis === null || s.batchAxis === undefined ? f : sliceAlong(f, s.batchAxis, i, b), s);
+    }
+    parts.push(await runOnce(slice));
+  }
+  const out = {};
+  for (const o of outputs) {
+    const pieces = parts.map((p) => p[o.name]);
+    out[o.name] = o.batchAxis === null || o.batchAxis === undefined ? pieces[pieces.length - 1]
+      : concatAlong(pieces, o.batchAxis);
+  }
+  return out;
 }
 
 /**
@@ -110,7 +216,7 @@ export async function probeTarget(target) {
  * @returns {RuntimeEnv}
  */
 export function servedRuntime(base = '/') {
-  return {url: (name) => base + name, lib: {TYPED, watchGpuDevice}};
+  return {url: (name) => base + name, lib: {TYPED, watchGpuDevice, runStatic}};
 }
 
 // A minimal module using a v128 instruction: WebAssembly.validate() says whether this engine has wasm SIMD.

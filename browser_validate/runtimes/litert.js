@@ -20,9 +20,9 @@
 //   synchronously and evaluates it globally, which is what importScripts() does in a classic Worker.
 // - loadLiteRt() also creates LiteRT's default WebGPU device whenever navigator.gpu exists, whatever the target:
 //   that is the library's behaviour, so it is measured (env.webGpuDevice says whether it exists).
-// Batches: the converter fixes a dynamic batch at 1 and LiteRT.js cannot resize inputs; a feed whose batch differs
-// from the model's is split along each input's batch axis (from the manifest) into model-batch slices that run one
-// after another, and the outputs are concatenated along theirs.
+// Shapes: the converter fixes a dynamic batch at 1 (and other dynamic dimensions at the recipe's compile_shape), and
+// LiteRT.js cannot resize inputs: a feed of another batch, or smaller where the recipe allows padding (the
+// manifest's batch_axis and pad), runs through adapter.js runStatic.
 
 const CORE = 'litert/core/dist/index.js';
 const CORE_PACKAGE = 'litert/core/package.json';
@@ -52,6 +52,7 @@ let threadsAsked = null;
 let inputs = [];         // [{name (recipe), key (signature name), dtype, shape, batchAxis}]
 let outputs = [];        // [{name (recipe), key (signature name), batchAxis}]
 let details = {};
+let lib = null;          // adapter.js's helpers, from load({runtime})
 
 const absolute = (url) => new URL(url, self.location.href).href;
 
@@ -160,6 +161,7 @@ export async function load({files, target, threads, runtime}) {
   const accelerator = ACCELERATOR_FOR_TARGET[target];
   if (!accelerator) throw new Error(`litert: does not run on target ${target}`);
   threads = Math.max(1, threads || 1);
+  lib = runtime.lib;
   await importCore(runtime);
   await loadRuntime(threads, runtime, target);
   targetUsed = target;
@@ -192,7 +194,8 @@ export async function load({files, target, threads, runtime}) {
   };
   inputs = manifest.inputs.map((e) => {
     const d = byName(inDetails, e, 'input');
-    return {name: e.name, key: d.name, dtype: d.dtype, shape: [...d.shape], batchAxis: e.batch_axis ?? null};
+    return {name: e.name, key: d.name, dtype: d.dtype, shape: [...d.shape], batchAxis: e.batch_axis ?? null,
+            pad: e.pad ?? null};
   });
   outputs = manifest.outputs.map((e) => ({name: e.name, key: byName(outDetails, e, 'output').name,
                                           batchAxis: e.batch_axis ?? null}));
@@ -204,41 +207,6 @@ export async function load({files, target, threads, runtime}) {
                  inputs: details_(inDetails), outputs: details_(outDetails), quantization: manifest.quantization,
                  ...details}};
 }
-
-// ------------------------------------------------------------------------------------------ batches
-
-function sliceAlong(t, axis, start, count) {
-  const dims = t.dims;
-  const outer = dims.slice(0, axis).reduce((a, b) => a * b, 1);
-  const inner = dims.slice(axis + 1).reduce((a, b) => a * b, 1);
-  const data = new t.data.constructor(outer * count * inner);
-  for (let o = 0; o < outer; o++) {
-    const src = (o * dims[axis] + start) * inner;
-    data.set(t.data.subarray(src, src + count * inner), o * count * inner);
-  }
-  const out = [...dims];
-  out[axis] = count;
-  return {data, dims: out, dtype: t.dtype};
-}
-
-function concatAlong(parts, axis) {
-  const dims = [...parts[0].dims];
-  dims[axis] = parts.reduce((a, p) => a + p.dims[axis], 0);
-  const outer = dims.slice(0, axis).reduce((a, b) => a * b, 1);
-  const inner = dims.slice(axis + 1).reduce((a, b) => a * b, 1);
-  const data = new parts[0].data.constructor(outer * dims[axis] * inner);
-  let off = 0;
-  for (let o = 0; o < outer; o++) {
-    for (const p of parts) {
-      const n = p.dims[axis] * inner;
-      data.set(p.data.subarray(o * n, (o + 1) * n), off);
-      off += n;
-    }
-  }
-  return {data, dims, dtype: parts[0].dtype};
-}
-
-const sameDims = (a, b) => a.length === b.length && a.every((d, k) => d === b[k]);
 
 function toTensor(feed, spec) {
   const Typed = LITERT_TYPED[spec.dtype];
@@ -273,28 +241,8 @@ async function runOnce(feeds) {
 }
 
 export async function run(feeds) {
-  if (inputs.every((s) => feeds[s.name] && sameDims(feeds[s.name].dims, s.shape))) return runOnce(feeds);
-  const batched = inputs.filter((s) => s.batchAxis !== null);
-  if (!batched.length) throw new Error(`litert: feeds do not have the model's shapes and no input has a batch axis`);
-  const first = batched[0];
-  const n = feeds[first.name].dims[first.batchAxis];
-  const b = first.shape[first.batchAxis];
-  if (!b || n % b !== 0) throw new Error(`litert: batch ${n} is not a multiple of the model's batch ${b}`);
-  const parts = [];
-  for (let i = 0; i < n; i += b) {
-    const slice = {};
-    for (const s of inputs) {
-      const f = feeds[s.name];
-      slice[s.name] = s.batchAxis === null ? f : sliceAlong(f, s.batchAxis, i, b);
-    }
-    parts.push(await runOnce(slice));
-  }
-  const out = {};
-  for (const o of outputs) {
-    const pieces = parts.map((p) => p[o.name]);
-    out[o.name] = o.batchAxis === null ? pieces[pieces.length - 1] : concatAlong(pieces, o.batchAxis);
-  }
-  return out;
+  // Other batches, and inputs the recipe lets be padded up to the converted shape: adapter.js runStatic.
+  return lib.runStatic(feeds, inputs, outputs, runOnce, 'litert');
 }
 
 export async function release() {

@@ -29,6 +29,9 @@ let useAsync = false;
 let details = {};
 let inputMap = [];   // [{name (recipe), key (graph model input name), dtype}]
 let outputMap = [];  // [{name (recipe), key (graph model output name)}]
+let staticInputs = null;   // a graph converted at static shapes: [{name, shape, batchAxis, pad}] (runStatic)
+let staticOutputs = null;
+let lib = null;            // adapter.js's helpers, from load({runtime})
 
 async function importTf(backend, runtime) {
   if (!globalThis.tf || !globalThis.tf.loadGraphModel) await import(runtime.url(CORE));
@@ -134,6 +137,12 @@ export async function load({files, target, threads, runtime}) {
   inputMap = manifest.inputs.map((e) => ({name: e.name, key: resolveName(e, inNames, 'input'), dtype: e.dtype}));
   outputMap = manifest.outputs.map((e) => ({name: e.name, key: resolveName(e, outNames, 'output')}));
   useAsync = false;
+  lib = runtime.lib;
+  const isStatic = manifest.inputs.every((e) => 'batch_axis' in e && Array.isArray(e.shape)
+                                               && e.shape.every((d) => Number.isInteger(d)));
+  staticInputs = isStatic ? manifest.inputs.map((e) => ({name: e.name, shape: e.shape, batchAxis: e.batch_axis,
+                                                         pad: e.pad ?? null})) : null;
+  staticOutputs = isStatic ? manifest.outputs.map((e) => ({name: e.name, batchAxis: e.batch_axis ?? 0})) : null;
   return {info: {inputNames: inNames, outputNames: outNames, backend: tf.getBackend(),
                  quantization: manifest.quantization, ...details}};
 }
@@ -151,6 +160,13 @@ function toTensor(feed, want) {
 }
 
 export async function run(feeds) {
+  // A graph converted at static shapes (the manifest says where each batch is): other batches, and inputs the
+  // recipe lets be padded up to the converted shape, go through adapter.js runStatic.
+  if (staticInputs) return lib.runStatic(feeds, staticInputs, staticOutputs, runOnce, 'tfjs');
+  return runOnce(feeds);
+}
+
+async function runOnce(feeds) {
   const inputs = {};
   let outs = [];
   try {

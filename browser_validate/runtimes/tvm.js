@@ -6,9 +6,9 @@
 //   tvm_meta.json    input/output names, compiled shapes and dtypes, parameter layout
 //   params.bin       (only for builds with separate weights) raw little-endian tensors, see meta.params
 //
-// Batches: modules are compiled with static shapes (batch as compiled, normally 1). A feed whose batch
-// differs from the compiled one is split into compiled-batch slices that run one after another; the
-// outputs are concatenated on axis 0. Rows are independent in inference models, so results are the same.
+// Shapes: modules are compiled with static shapes (batch as compiled, normally 1; the recipe's compile_shape). A
+// feed of another batch, or smaller where the recipe allows padding (tvm_meta.json inputs[].pad), runs through
+// adapter.js runStatic.
 
 const TVMJS = 'tvmjs/index.js';  // UMD bundle: importing it defines globalThis.tvmjs
 const DEVICE_FOR_TARGET = {wasm: 'cpu', webgpu: 'webgpu'};
@@ -23,6 +23,7 @@ let params = [];       // device tensors passed after the inputs (separate-weigh
 let targetUsed = null;
 let gpuInfo = null;
 let typedArrays = null;  // adapter.js's dtype table (TYPED), from load({runtime})
+let lib = null;          // adapter.js's helpers, from load({runtime})
 
 async function importTvmjs(runtime) {
   if (!globalThis.tvmjs) await import(runtime.url(TVMJS));
@@ -49,7 +50,8 @@ function toTyped(bytes, dtype) {
 }
 
 export async function load({files, target, runtime}) {
-  typedArrays = runtime.lib.TYPED;
+  lib = runtime.lib;
+  typedArrays = lib.TYPED;
   if (!DEVICE_FOR_TARGET[target]) throw new Error(`tvm: does not run on target ${target}`);
   const [entry] = files;
   const metaBuf = byName(files, 'tvm_meta.json');
@@ -133,41 +135,12 @@ async function runOnce(feeds) {
   }
 }
 
-function sliceFeed(f, start, count) {
-  const per = f.dims.slice(1).reduce((a, b) => a * b, 1);
-  return {data: f.data.subarray(start * per, (start + count) * per), dims: [count, ...f.dims.slice(1)], dtype: f.dtype};
-}
-
-function concatOutputs(parts) {
-  const out = {};
-  for (const name of Object.keys(parts[0])) {
-    const pieces = parts.map((p) => p[name]);
-    const total = pieces.reduce((a, p) => a + p.data.length, 0);
-    const data = new pieces[0].data.constructor(total);
-    let off = 0;
-    for (const p of pieces) { data.set(p.data, off); off += p.data.length; }
-    const dims = [pieces.reduce((a, p) => a + p.dims[0], 0), ...pieces[0].dims.slice(1)];
-    out[name] = {data, dims, dtype: pieces[0].dtype};
-  }
-  return out;
-}
-
 export async function run(feeds) {
-  const compiled = (spec) => feeds[spec.name] && feeds[spec.name].dims.length === spec.shape.length
-    && feeds[spec.name].dims.every((d, k) => d === spec.shape[k]);
-  if (meta.inputs.every(compiled)) return runOnce(feeds);  // exactly the compiled shapes (any batch layout)
-  const first = meta.inputs[0];
-  const n = feeds[first.name].dims[0];
-  const b = meta.batch;
-  if (n === b) return runOnce(feeds);
-  if (!b || n % b !== 0) throw new Error(`tvm: batch ${n} is not a multiple of the compiled batch ${b}`);
-  const parts = [];
-  for (let i = 0; i < n; i += b) {
-    const slice = {};
-    for (const [name, f] of Object.entries(feeds)) slice[name] = sliceFeed(f, i, b);
-    parts.push(await runOnce(slice));
-  }
-  return concatOutputs(parts);
+  // Another batch, or an input the recipe lets be padded up to the compiled shape: adapter.js runStatic.
+  const batchAxis = meta.batch ? 0 : null;
+  const inputs = meta.inputs.map((spec) => ({name: spec.name, shape: spec.shape, batchAxis, pad: spec.pad ?? null}));
+  const outputs = meta.outputs.map((spec) => ({name: spec.name, batchAxis}));
+  return lib.runStatic(feeds, inputs, outputs, runOnce, 'tvm');
 }
 
 export async function release() {

@@ -65,6 +65,18 @@ def batches(inputs: dict[str, np.ndarray], batch: int, axes: BatchAxes = LEADING
                            axes.inputs.get(k, 0)) for k, v in arrays.items()}
 
 
+def pad_to(arr: np.ndarray, shape: list[int], pad: str | None, what: str) -> np.ndarray:
+    """`arr` as a static-shape model takes it: as is when it has `shape`; zero-padded at the end of each axis up to
+    it when the recipe allows (`pad` "zero", its compile_pad; the browser's twin is adapter.js runStatic)."""
+    arr = np.asarray(arr)
+    if list(arr.shape) == list(shape):
+        return arr
+    if pad == "zero" and arr.ndim == len(shape) and all(a <= b for a, b in zip(arr.shape, shape)):
+        return np.pad(arr, [(0, b - a) for a, b in zip(arr.shape, shape)])
+    raise ValueError(f"{what} has shape {list(arr.shape)}, the model was compiled for {list(shape)} (static shapes: the "
+                     "recipe's compile_shape sets them" + (", and a smaller input is padded up to it)" if pad else ")"))
+
+
 def model_inputs(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The samples without their extents (as stored: padded), for code that does not evaluate them."""
     return split_extents(inputs)[0]

@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from pipeline.evaluate.batching import LEADING, BatchAxes, batches, run_samples
+from pipeline.evaluate.batching import LEADING, BatchAxes, batches, pad_to, run_samples
 from pipeline.onnx_utils import ort_session
 
 NATIVE_RUNS = 30
@@ -79,7 +79,7 @@ class LiteRtModel:
         self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
         self.runner = self.interpreter.get_signature_runner(self.manifest.get("signature", "serving_default"))
         details = self.runner.get_input_details()
-        self.inputs = [(s["name"], s["signature_key"], details[s["signature_key"]]["dtype"])
+        self.inputs = [(s["name"], s["signature_key"], details[s["signature_key"]]["dtype"], s.get("shape"), s.get("pad"))
                        for s in self.manifest["inputs"]]
         self.outputs = [(o["name"], o["signature_key"]) for o in self.manifest["outputs"]]
 
@@ -92,7 +92,9 @@ class LiteRtModel:
         return 1
 
     def __call__(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        res = self.runner(**{key: np.asarray(feed[name], dtype=dt) for name, key, dt in self.inputs})
+        res = self.runner(**{key: np.asarray(feed[name], dtype=dt) if shape is None
+                             else pad_to(np.asarray(feed[name], dtype=dt), shape, pad, f"input {name}")
+                             for name, key, dt, shape, pad in self.inputs})
         return {name: res[key] for name, key in self.outputs}
 
 

@@ -125,8 +125,8 @@ def label_accuracy(recipe, outputs: dict[str, np.ndarray], labels: np.ndarray | 
 
 
 def random_inputs(specs: list[dict], batch: int = 2, seed: int = 0) -> dict[str, np.ndarray] | None:
-    """Random inputs for a converter's self-check, from [{name, dtype, shape}] (shape[0] is the batch);
-    None when a non-batch dimension is dynamic."""
+    """Random inputs for a converter's self-check, from [{name, dtype, shape}] (shape[0] is the batch: `batch`
+    where it is dynamic); None when a non-batch dimension is dynamic."""
     rng = np.random.default_rng(seed)
     out = {}
     for s in specs:
@@ -134,7 +134,7 @@ def random_inputs(specs: list[dict], batch: int = 2, seed: int = 0) -> dict[str,
         if any(d is None for d in shape[1:]):
             return None
         dt = np.dtype(s["dtype"])
-        shape = [batch] + shape[1:]
+        shape = [batch if not shape or shape[0] is None else shape[0]] + shape[1:]  # a static batch as it is
         out[s["name"]] = (rng.standard_normal(shape).astype(dt) if dt.kind == "f"
                           else rng.integers(0, 4, size=shape).astype(dt))
     return out

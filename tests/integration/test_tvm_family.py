@@ -355,6 +355,14 @@ def test_inputs_of_another_shape_are_refused_clearly(models, runtime_dir, tmp_pa
     small = {"input": np.zeros((2, 3, 8, 8), np.float32)}
     res = _measure(files, "wasm", small)
     assert res.status == "failed" and "compiled for [1,3,16,16]" in res.error and "compile_shape" in res.error
+    # compile_pad "zero" (text lines narrower than compile_shape): padded up to it in the page (adapter.js
+    # runStatic), each sample of the batch alike; the same as native on the zero-padded inputs.
+    files = tvmc.compile_onnx(model, tmp_path / "padded", target="wasm", runtime_dir=runtime_dir,
+                              input_shapes={"input": [1, 3, 16, 16]}, input_pads={"input": "zero"}, link_opt=FAST_LINK)
+    assert json.loads(files[1].read_text())["inputs"][0]["pad"] == "zero"
+    small = {"input": np.random.default_rng(3).standard_normal((2, 3, 8, 12)).astype(np.float32)}
+    res = _measure(files, "wasm", small)
+    _check(res, model, {"input": np.pad(small["input"], [(0, 0), (0, 0), (0, 8), (0, 4)])})
 
     dynamic = InputSpec(name="input", shape=["batch", 3, "h", "w"])
     with pytest.raises(NotApplicable, match=r"dynamic dimension\(s\) \['h', 'w'\].*compile_shape"):

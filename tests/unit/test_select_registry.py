@@ -364,6 +364,46 @@ def test_samples_of_different_sizes_are_fed_at_their_own_size():
         pad_ragged(R, {"x": [np.zeros((2, 4), np.float32), np.zeros((3, 4), np.float32)]})
 
 
+def test_a_static_shape_model_pads_a_narrower_input_and_is_judged_on_the_text_it_reads():
+    """compile_pad "zero": a sample narrower than compile_shape is zero-padded up to it (natively here, in the
+    browser by adapter.js runStatic); a ctc output then reads on over the padding, longer than native's. The
+    evaluation compares the positions native has and decodes the whole output, as the app does: characters read
+    in the padding count as errors. Without compile_pad, another shape is refused, saying why."""
+    from pipeline.evaluate.batching import pad_to
+    from pipeline.recipe import InputSpec
+
+    x = np.arange(6, dtype=np.float32).reshape(1, 2, 3)
+    padded = pad_to(x, [1, 2, 5], "zero", "input x")
+    assert padded.shape == (1, 2, 5) and (padded[..., :3] == x).all() and not padded[..., 3:].any()
+    assert pad_to(x, [1, 2, 3], None, "input x") is x  # the compiled shape: as is
+    with pytest.raises(ValueError, match=r"input x has shape \[1, 2, 3\], the model was compiled for \[1, 2, 5\]"):
+        pad_to(x, [1, 2, 5], None, "input x")
+    with pytest.raises(ValueError, match="compiled for"):
+        pad_to(x, [1, 2, 2], "zero", "input x")  # wider than compiled: never cropped
+    with pytest.raises(ValueError, match="compile_pad needs compile_shape"):
+        InputSpec(name="x", shape=["batch", 3, 48, "width"], compile_pad="zero")
+
+    def scores(steps, length, classes=5):
+        s = np.full((length, classes), -5.0)
+        s[:, 0] = 5.0  # blank
+        for t, c in steps:
+            s[t] = -5.0
+            s[t, c] = 5.0
+        return s
+
+    ref = np.stack([scores([(0, 1), (2, 3)], 6), scores([(1, 2)], 6)])
+    ref_ext = {"extent:y": np.array([[4, 5], [6, 5]])}  # native: 4 and 6 steps (widths differ)
+    got = np.stack([scores([(0, 1), (2, 3)], 8), scores([(1, 2)], 8)])  # static: 8 steps each, blank padding
+    spec = [OutputSpec(name="y", kind="ctc")]
+    o = compare({"y": got}, {"y": ref, **ref_ext}, spec, None)["outputs"]["y"]
+    assert o["sequence_match"] == 1 and o["char_error_rate"] == 0 and o["top1_agreement"] == 1
+    got[0, 6] = scores([(0, 4)], 1)[0]  # a character read in the padding: the app would show it
+    o = compare({"y": got}, {"y": ref, **ref_ext}, spec, None)["outputs"]["y"]
+    assert o["sequence_match"] == 0.5 and o["char_error_rate"] == pytest.approx(1 / 3) and o["top1_agreement"] == 1
+    with pytest.raises(ValueError, match=r"sample 1 has shape \[5, 5\], native has \[6, 5\]"):
+        compare({"y": got[:, :5]}, {"y": ref, **ref_ext}, spec, None)  # shorter than native: not a padded read
+
+
 def test_thread_counts_compete_and_one_thread_stays_for_pages_without_isolation():
     """Each thread count is its own candidate, paired with native at that count; the index's options and features
     follow the candidate's count, so a loader on a page without cross-origin isolation walks to a 1-thread one."""

@@ -117,7 +117,8 @@ def static_io(io: dict, recipe=None) -> list[dict]:
         if len(shape) != len(s["shape"]):
             raise ConversionError(f"{STEP}: input {s['name']}: static shape {shape} does not fit the SavedModel's "
                                   f"{s['shape']}")
-        out.append({**s, "static_shape": [int(d) for d in shape], "batch_axis": axis})
+        out.append({**s, "static_shape": [int(d) for d in shape], "batch_axis": axis,
+                    "pad": spec.compile_pad if spec is not None else None})
     return out
 
 
@@ -205,7 +206,7 @@ def converter_failure(message: str) -> tuple[list[str], str]:
 
 def _representative(calibration: dict[str, np.ndarray], inputs: list[dict], axes) -> Iterator[dict[str, np.ndarray]]:
     """Calibration samples one at a time, shaped as the model takes them, keyed by signature name."""
-    from pipeline.evaluate.batching import batches
+    from pipeline.evaluate.batching import batches, pad_to
 
     names = [s["name"] for s in inputs]
     missing = [n for n in names if n not in calibration]
@@ -217,10 +218,11 @@ def _representative(calibration: dict[str, np.ndarray], inputs: list[dict], axes
             return
         out = {}
         for s in inputs:
-            arr = np.asarray(feed[s["name"]], dtype=js_dtype(s["dtype"]))
-            if list(arr.shape) != s["static_shape"]:
-                raise ConversionError(f"{STEP}: calibration sample {k} of {s['name']} has shape {list(arr.shape)}, "
-                                      f"the model is converted for {s['static_shape']}")
+            try:
+                arr = pad_to(np.asarray(feed[s["name"]], dtype=js_dtype(s["dtype"])), s["static_shape"], s.get("pad"),
+                             f"calibration sample {k} of {s['name']}")
+            except ValueError as e:
+                raise ConversionError(f"{STEP}: {e}") from None
             out[s["signature_key"]] = arr
         yield out
 
@@ -653,8 +655,9 @@ def _verify_fp32(model: Path, sm_dir: Path, inputs: list[dict], manifest: dict, 
     feed = {}
     for s in inputs:
         dt = np.dtype(js_dtype(s["dtype"]))
+        # integers 0 and 1: valid for any input that indexes something (a BERT's token type ids take only those)
         feed[s["name"]] = (rng.standard_normal(s["static_shape"]).astype(dt) if dt.kind == "f"
-                           else rng.integers(0, 4, size=s["static_shape"]).astype(dt))
+                           else rng.integers(0, 2, size=s["static_shape"]).astype(dt))
     if any(v.ndim == 0 for v in feed.values()):
         return 0.0  # saved_model_outputs slices every input along its first axis: a scalar has none
     own = {s["name"]: feed[s["name"]].astype(s["dtype"]) for s in inputs}  # the SavedModel takes its own types
@@ -718,7 +721,7 @@ def saved_model_to_tflite(saved_model_dir: str | Path, out_dir: str | Path, *, q
             raise ConversionError(f"{STEP}: the model has no input {s['signature_key']!r} ({list(sig['inputs'])})")
         manifest["inputs"].append({"name": s["name"], "signature_key": s["signature_key"],
                                    "dtype": np.dtype(d["dtype"]).name, "shape": [int(x) for x in d["shape"]],
-                                   "batch_axis": s["batch_axis"], "layout": s.get("layout")})
+                                   "batch_axis": s["batch_axis"], "layout": s.get("layout"), "pad": s.get("pad")})
     for o in io["outputs"]:
         d = sig["outputs"].get(o["signature_key"])
         if d is None:

@@ -54,8 +54,9 @@ def _variant(target: str):
         folder = inputs.prerequisites.get("tvm_web_runtime")
         if folder is None:
             raise ConversionError("prerequisite tvm_web_runtime missing from BuildInputs.prerequisites")
+        pads = {i.name: i.compile_pad for i in inputs.recipe.inputs if i.compile_pad} if inputs.recipe else {}
         return compile_onnx(inputs.canonical_onnx, out_dir, target=target, runtime_dir=Path(folder),
-                            input_shapes=static_shapes(inputs))
+                            input_shapes=static_shapes(inputs), input_pads=pads)
 
     return build
 

@@ -199,13 +199,16 @@ def lower(mod, tgt, target: str):
 
 
 def package(ex, model, input_shapes: dict[str, list[int]], out_dir: Path, *, target: str, runtime_dir: Path,
-            params: list[np.ndarray] | None, link_opt: str = DEFAULT_LINK_OPT) -> list[Path]:
+            params: list[np.ndarray] | None, link_opt: str = DEFAULT_LINK_OPT,
+            input_pads: dict[str, str] | None = None) -> list[Path]:
     """Link a compiled executable with the web runtime and write ``model.wasm``, ``tvm_meta.json`` and (with
     `params`, the detached weights) ``params.bin`` into `out_dir` atomically. Returns them, entry first."""
     out_dir = Path(out_dir)
     inputs, outputs = graph_io(model)
     for spec in inputs:
         spec["shape"] = [int(d) for d in input_shapes[spec["name"]]]
+        if (input_pads or {}).get(spec["name"]):  # a smaller input is padded up to the shape (adapter.js runStatic)
+            spec["pad"] = input_pads[spec["name"]]
     batch = inputs[0]["shape"][0] if inputs and inputs[0]["shape"] else 1
     meta = {"format": 1, "target": target, "batch": int(batch), "tvm_version": tvm_version(),
             "inputs": inputs, "outputs": outputs, "weights": "embedded" if params is None else "separate",
@@ -241,7 +244,8 @@ def package(ex, model, input_shapes: dict[str, list[int]], out_dir: Path, *, tar
 
 
 def compile_onnx(onnx_path: Path, out_dir: Path, *, target: Literal["wasm", "webgpu"], runtime_dir: Path,
-                 input_shapes: dict[str, list[int]], separate_weights: bool | None = None,
+                 input_shapes: dict[str, list[int]], input_pads: dict[str, str] | None = None,
+                 separate_weights: bool | None = None,
                  link_opt: str = DEFAULT_LINK_OPT) -> list[Path]:
     """Compile an ONNX model for the browser with TVM. Returns the files, entry first:
     ``[model.wasm, tvm_meta.json]`` (+ ``params.bin`` with separate weights). Shapes are static, as given (batch
@@ -252,7 +256,7 @@ def compile_onnx(onnx_path: Path, out_dir: Path, *, target: Literal["wasm", "web
     runtime_objects(runtime_dir)  # fail early, before the slow steps
     model, mod, params = import_relax(Path(onnx_path), input_shapes, keep_params=separate_weights)
     ex = lower(mod, tgt, target)
-    return package(ex, model, input_shapes, out_dir, target=target, runtime_dir=runtime_dir,
+    return package(ex, model, input_shapes, out_dir, target=target, runtime_dir=runtime_dir, input_pads=input_pads,
                    params=params if separate_weights else None, link_opt=link_opt)
 
 
