@@ -37,8 +37,9 @@ SAVED_MODEL = all_prerequisites()["saved_model"]
 def _recipe(kind: str, in_name: str = "input", out_name: str = "logits"):
     """The recipe fields the family reads (source.kind, inputs, outputs)."""
     return SimpleNamespace(source=SimpleNamespace(kind=kind),
-                           inputs=[SimpleNamespace(name=in_name, layout="NCHW")],
-                           outputs=[SimpleNamespace(name=out_name, kind="logits")])
+                           inputs=[SimpleNamespace(name=in_name, layout="NCHW", shape=["batch", 3, 12, 12],
+                                                   batch_axis=0, compile_shape=None, compile_pad=None)],
+                           outputs=[SimpleNamespace(name=out_name, kind="logits", batch_axis=0)])
 
 
 def _build_family(inputs: BuildInputs, root: Path) -> dict[str, list[Path]]:
@@ -234,6 +235,83 @@ AttributeError: 'tuple' object has no attribute 'rank'
     assert _onnx2tf_failure(log) == ("Slice", "node_slice_1", "AttributeError: 'tuple' object has no attribute 'rank'")
 
 
+def _tiny_bert(root: Path, tokens: int = 16):
+    """The minilm recipe's module (BERT + mean pooling + L2 norm) at a tiny size, exported by torch's dynamo
+    exporter with batch and tokens dynamic, and samples with padding (attention mask zeros)."""
+    from model_sources.minilm import build
+
+    torch.manual_seed(0)
+    model = build({"vocab_size": 50, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                   "intermediate_size": 64, "max_position_embeddings": 32, "type_vocab_size": 2})
+    rng = np.random.default_rng(0)
+    mask = (np.arange(tokens)[None] < rng.integers(1, tokens + 1, (5, 1))).astype(np.int64)
+    x = {"input_ids": rng.integers(1, 50, (5, tokens)) * mask, "attention_mask": mask,
+         "token_type_ids": np.zeros((5, tokens), np.int64)}
+    canonical = root / "bert.onnx"
+    dyn = {k: {0: "batch", 1: "tokens"} for k in x}
+    export_pytorch(model, {k: v[:2] for k, v in x.items()}, canonical, output_names=["embedding"],
+                   dynamic_axes={**dyn, "embedding": {0: "batch"}}, exporter="dynamo")
+    spec = lambda n: SimpleNamespace(name=n, layout="NT", shape=["batch", "tokens"], batch_axis=0,  # noqa: E731
+                                     compile_shape=[1, tokens], compile_pad=None)
+    recipe = SimpleNamespace(source=SimpleNamespace(kind="pytorch"), inputs=[spec(n) for n in x],
+                             outputs=[SimpleNamespace(name="embedding", kind="embedding", batch_axis=0)])
+    with torch.no_grad():
+        ref = model(*(torch.from_numpy(v) for v in x.values())).numpy()
+    return canonical, recipe, x, ref
+
+
+def test_shape_prepass_keeps_the_model(tmp_path):
+    """The second try's pre-pass (tokens pinned, shape arithmetic folded or made batch-free): no Shape, Slice or
+    GatherND left, the batch still dynamic, and onnxruntime gives the same embeddings at any batch size."""
+    import onnx
+
+    from pipeline.families.tfjs.saved_model import _shape_prepass
+    from pipeline.onnx_utils import graph_ops, ort_session
+
+    canonical, _, x, ref = _tiny_bert(tmp_path)
+    assert {"Shape", "Slice", "GatherND"} <= graph_ops(canonical)  # the dynamo exporter's shape arithmetic
+    copy = tmp_path / "copy.onnx"
+    copy.write_bytes(canonical.read_bytes())
+    notes = _shape_prepass(copy, {n: [None, 16] for n in x})
+    assert notes["pinned_dims"] == {n: {1: 16} for n in x} and notes["gathernd_as_reshape"] == 1
+    assert not {"Shape", "Slice", "GatherND", "Range", "Expand"} & graph_ops(copy)
+    m = onnx.load(str(copy))
+    assert [[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in m.graph.input] == \
+        [["batch", 16]] * 3
+    sess = ort_session(copy)
+    for rows in (slice(0, 1), slice(0, 2), slice(0, 5)):
+        got = sess.run(["embedding"], {k: v[rows] for k, v in x.items()})[0]
+        assert np.abs(got - ref[rows]).max() < 1e-5
+
+
+@pytest.mark.slow
+def test_dynamo_exported_transformer_converts(tmp_path):
+    """all-MiniLM-L6-v2's failure at a tiny size: onnx2tf fails on the exported shape arithmetic (the Slice of the
+    position ids at the dynamic token count), the second try with the pre-pass converts, batch dynamic and tokens
+    at the recipe's compile_shape, verified against onnxruntime, and matches PyTorch with padded samples."""
+    canonical, recipe, x, ref = _tiny_bert(tmp_path)
+    out = tmp_path / "Prerequisite-saved_model"
+    out.mkdir()
+    info = SAVED_MODEL.build(BuildInputs(canonical_onnx=canonical, recipe=recipe), out)
+    assert [s["shape"] for s in info["inputs"]] == [[None, 16]] * 3
+    assert info["verify_max_abs_error"] is not None and info["verify_max_abs_error"] < 1e-4
+    io = json.loads((out / "saved_model" / IO_FILE).read_text())
+    assert io["onnx2tf_prepass"]["pinned_dims"] == {n: {"1": 16} for n in x}
+    got = saved_model_outputs(out / "saved_model", x)["embedding"]
+    assert got.shape == ref.shape and np.abs(got - ref).max() < 1e-4
+    # GELU's Erf (no TFLite builtin) is onnx2tf's polynomial pseudo op: the litert variants can convert it
+    import tensorflow as tf
+
+    graph = tf.saved_model.load(str(out / "saved_model")).signatures["serving_default"].graph.as_graph_def()
+    ops = {n.op for f in graph.library.function for n in f.node_def} | {n.op for n in graph.node}
+    assert "MatMul" in ops or "BatchMatMulV2" in ops
+    assert "Erf" not in ops
+    # three alike int64 [batch, 16] inputs: tensorflowjs names them by tensor ("input_ids:0"); the manifest maps them
+    tfjs.saved_model_to_tfjs(out / "saved_model", tmp_path / "tfjs")
+    manifest = json.loads((tmp_path / "tfjs" / tfjs.MANIFEST_FILE).read_text())
+    assert [(i["name"], i["node"]) for i in manifest["inputs"]] == [(n, f"{n}:0") for n in x]
+
+
 def test_tfjs_unsupported_op_is_named(tmp_path):
     """A Keras layer computing a determinant: fine in TF, no TensorFlow.js kernel (MatrixDeterminant)."""
     import keras
@@ -305,3 +383,43 @@ def test_browser_multi_shard_model(keras_route, tmp_path):
                                  eval_batch=8, warmup=0, runs=1, timeout_s=120))
     assert res.status == "ok", res.error
     _close(res.outputs["logits"], keras_route.ref["logits"], "tfjs_fp32")
+
+
+@pytest.mark.browser
+def test_a_dynamic_width_converts_at_compile_shape_and_pads_in_the_page(tmp_path):
+    """An input dynamic beyond its batch (a text line's width): the SavedModel is converted at the recipe's
+    compile_shape (onnx2tf does not carry such sizes through shape arithmetic) and checked; the tfjs graph takes
+    a batch of narrower samples through adapter.js runStatic (split to its batch of 1, each zero-padded up to the
+    compiled width, as compile_pad says): the same as onnxruntime on the zero-padded samples."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from browser_validate.harness import MeasureRequest, measure
+    from models import ort_run, save_graph
+    from pipeline.recipe import InputSpec, OutputSpec
+
+    rng = np.random.default_rng(5)
+    init = {"W": rng.standard_normal((4, 3, 3, 3)).astype(np.float32) * 0.3,
+            "Wf": rng.standard_normal((5, 4)).astype(np.float32), "Bf": rng.standard_normal(5).astype(np.float32)}
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["line", "W"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
+         helper.make_node("GlobalAveragePool", ["r"], ["g"]), helper.make_node("Flatten", ["g"], ["f"]),
+         helper.make_node("Gemm", ["f", "Wf", "Bf"], ["logits"], transB=1)],
+        "line", [helper.make_tensor_value_info("line", TensorProto.FLOAT, ["batch", 3, 8, "width"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 5])],
+        [numpy_helper.from_array(v, k) for k, v in init.items()])
+    src = save_graph(graph, tmp_path / "line.onnx")
+    recipe = SimpleNamespace(source=SimpleNamespace(kind="onnx"), outputs=[OutputSpec(name="logits", kind="logits")],
+                             inputs=[InputSpec(name="line", shape=["batch", 3, 8, "width"], layout="NCHW",
+                                               compile_shape=[1, 3, 8, 16], compile_pad="zero")])
+    files = _build_family(BuildInputs(canonical_onnx=src, recipe=recipe), tmp_path / "built")
+    io = json.loads((tmp_path / "built" / "Prerequisite-saved_model" / "saved_model" / IO_FILE).read_text())
+    assert io["inputs"][0]["shape"] == [1, 3, 8, 16] and io["inputs"][0]["pad"] == "zero"
+    manifest = json.loads(files["tfjs_fp32"][-1].read_text())
+    assert manifest["inputs"][0]["batch_axis"] == 0 and manifest["inputs"][0]["pad"] == "zero"
+
+    x = rng.standard_normal((2, 3, 8, 12)).astype(np.float32)
+    res = measure(MeasureRequest(runtime="tfjs", target="wasm", model_files=files["tfjs_fp32"], inputs={"line": x},
+                                 eval_batch=2, warmup=0, runs=1, timeout_s=120))
+    assert res.status == "ok", f"{res.error} {res.console_errors[:3]}"
+    ref = ort_run(src, {"line": np.pad(x, [(0, 0), (0, 0), (0, 0), (0, 4)])})["logits"]
+    _close(res.outputs["logits"], ref, "tfjs_fp32")

@@ -76,6 +76,16 @@ def check_tfjs_graph(model_json: dict, stage: str) -> list[str]:
     return sorted(ops)
 
 
+def _signature_entry(sig: dict, key: str) -> dict:
+    """model.json's signature entry for SavedModel signature key `key`. tensorflowjs keeps the key only where dtype
+    and shape tell the tensors apart; alike ones (a BERT's three int64 [batch, 64] token inputs) it names by their
+    tensor ("input_ids:0"), which onnx2tf names after the key."""
+    if key in sig:
+        return sig[key]
+    hits = [v for k, v in sig.items() if k.split(":")[0] == key]
+    return hits[0] if len(hits) == 1 else {}
+
+
 def saved_model_to_tfjs(saved_model_dir: str | Path, out_dir: str | Path, *, quantization: str | None = None,
                         shard_bytes: int = 4 * 1024 * 1024) -> list[Path]:
     """SavedModel (with io_signature.json, as written here) -> tfjs graph model in ``out_dir``.
@@ -123,17 +133,20 @@ def saved_model_to_tfjs(saved_model_dir: str | Path, out_dir: str | Path, *, qua
             "toolchain": io.get("toolchain") or toolchain_versions(),
         }
         for s in io["inputs"]:
-            node = sig_in.get(s["signature_key"], {}).get("name")
+            node = _signature_entry(sig_in, s["signature_key"]).get("name")
             if node is None:
                 raise ConversionError(f"{stage}: graph model has no input {s['signature_key']!r} ({list(sig_in)})")
             manifest["inputs"].append({"name": s["name"], "signature_key": s["signature_key"], "node": node,
-                                       "dtype": s["dtype"], "shape": s["shape"], "layout": s.get("layout")})
+                                       "dtype": s["dtype"], "shape": s["shape"], "layout": s.get("layout"),
+                                       # converted at static shapes (saved_model._static_shapes): how feeds fit
+                                       **{k: s[k] for k in ("batch_axis", "pad") if k in s}})
         for s in io["outputs"]:
-            node = sig_out.get(s["signature_key"], {}).get("name")
+            node = _signature_entry(sig_out, s["signature_key"]).get("name")
             if node is None:
                 raise ConversionError(f"{stage}: graph model has no output {s['signature_key']!r} ({list(sig_out)})")
             manifest["outputs"].append({"name": s["name"], "signature_key": s["signature_key"], "node": node,
-                                        "dtype": s["dtype"], "shape": s["shape"]})
+                                        "dtype": s["dtype"], "shape": s["shape"],
+                                        **({"batch_axis": s["batch_axis"]} if "batch_axis" in s else {})})
         write_json(tmp / MANIFEST_FILE, manifest)
         missing = [p for p in shards if not (tmp / p).is_file()]
         if missing:
