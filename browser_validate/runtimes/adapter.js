@@ -153,8 +153,8 @@ export async function runStatic(feeds, inputs, outputs, runOnce, who) {
     throw new Error(`${who}: input ${s.name} has shape [${f.dims}], the model was compiled for [${s.shape}] (static `
       + 'shapes: the recipe\'s compile_shape sets them' + (s.pad ? ', and a smaller input is padded up to it)' : ')'));
   };
-  const batched = inputs.filter((s) => s.batchAxis !== null && s.batchAxis !== undefined);
-  const first = batched[0];
+  const batchedOn = (a) => a !== null && a !== undefined;  // a batch axis (manifests say null where there is none)
+  const first = inputs.find((s) => batchedOn(s.batchAxis));
   const n = first ? feeds[first.name].dims[first.batchAxis] : 1;
   const b = first ? first.shape[first.batchAxis] : 1;
   if (!first || n === b) return runOnce(Object.fromEntries(inputs.map((s) => [s.name, fit(feeds[s.name], s)])));
@@ -164,15 +164,14 @@ export async function runStatic(feeds, inputs, outputs, runOnce, who) {
     const slice = {};
     for (const s of inputs) {
       const f = feeds[s.name];
-      slice[s.name] = fit(s.batchAxis === null || s.batchAxis === undefined ? f : sliceAlong(f, s.batchAxis, i, b), s);
+      slice[s.name] = fit(batchedOn(s.batchAxis) ? sliceAlong(f, s.batchAxis, i, b) : f, s);
     }
     parts.push(await runOnce(slice));
   }
   const out = {};
   for (const o of outputs) {
     const pieces = parts.map((p) => p[o.name]);
-    out[o.name] = o.batchAxis === null || o.batchAxis === undefined ? pieces[pieces.length - 1]
-      : concatAlong(pieces, o.batchAxis);
+    out[o.name] = batchedOn(o.batchAxis) ? concatAlong(pieces, o.batchAxis) : pieces[pieces.length - 1];
   }
   return out;
 }

@@ -135,6 +135,7 @@ def random_inputs(specs: list[dict], batch: int = 2, seed: int = 0) -> dict[str,
             return None
         dt = np.dtype(s["dtype"])
         shape = [batch if not shape or shape[0] is None else shape[0]] + shape[1:]  # a static batch as it is
+        # Integers 0 and 1: valid for any input that indexes something (a BERT's token type ids take only those).
         out[s["name"]] = (rng.standard_normal(shape).astype(dt) if dt.kind == "f"
-                          else rng.integers(0, 4, size=shape).astype(dt))
+                          else rng.integers(0, 2, size=shape).astype(dt))
     return out

@@ -655,7 +655,7 @@ def _verify_fp32(model: Path, sm_dir: Path, inputs: list[dict], manifest: dict, 
     feed = {}
     for s in inputs:
         dt = np.dtype(js_dtype(s["dtype"]))
-        # integers 0 and 1: valid for any input that indexes something (a BERT's token type ids take only those)
+        # integers 0 and 1, as random_inputs (pipeline.evaluate.samples) feeds the SavedModel's own check
         feed[s["name"]] = (rng.standard_normal(s["static_shape"]).astype(dt) if dt.kind == "f"
                            else rng.integers(0, 2, size=s["static_shape"]).astype(dt))
     if any(v.ndim == 0 for v in feed.values()):
